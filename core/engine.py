@@ -1,0 +1,366 @@
+"""The batching engine: turns (query, documents) into yes/no probabilities with as little work as possible.
+
+What it does, and why:
+
+- Each pair is rendered with the profile's layout and the checkpoint's own chat template, then tokenised
+  once; images are decoded once per distinct content and preprocessed once per request.
+- Pairs are sorted by length and packed into batches of at most ``max_batch_tokens`` padded tokens, so
+  short documents are not padded to the longest one; scores come back in input order.
+- The vision tower runs once per distinct image; its output is kept in a small LRU, so a query image
+  shared by every document (and by the next request) is encoded once.
+- Only the last position's hidden state is projected, and only on the two rows of the output head that
+  matter ("yes" and "no"): never the 152k-wide vocabulary.
+- On CUDA out-of-memory a batch is split in two and retried; a single pair that still does not fit is
+  an error that says what to lower.
+
+A pair's score does not depend on what it is batched with: padding is on the left and masked, positions
+are computed per row, and every image is encoded on its own sequence boundaries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lychee_rerank.core.errors import ImageError, InvalidInputError
+from lychee_rerank.core.inputs import Document, Query
+from lychee_rerank.core.loading import LoadedModel
+from lychee_rerank.core.media import DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
+from lychee_rerank.core.profiles import Profile
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_TOKENS = 16384
+
+
+@dataclass
+class _Pair:
+    index: int
+    input_ids: list[int]
+    image_keys: list[str]  # one per image slot, in prompt order
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class _PreparedImage:
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor  # (1, 3)
+
+    @property
+    def token_count(self) -> int:
+        return int(self.grid_thw.prod())
+
+
+@dataclass
+class EngineStats:
+    """Counters for benchmarks and metrics."""
+
+    pairs: int = 0
+    batches: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    vision_encoded: int = 0
+    vision_cache_hits: int = 0
+    oom_splits: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator out-of-memory error (the typed one or an older message)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+    """Groups indices, longest first, so that ``batch size * longest length <= max_batch_tokens``.
+
+    A pair longer than the budget gets a batch of its own.
+
+    Example:
+        >>> pack_batches([5, 2, 9, 3], max_batch_tokens=10)
+        [[2], [0], [3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted longest first, so the batch's padded width is its first member's length.
+        width = lengths[current[0]] if current else lengths[index]
+        if current and (len(current) + 1) * width > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class ScoringEngine:
+    """Scores (query, document) pairs with a loaded yes/no reranker.
+
+    Not for concurrent use from several threads: :class:`~lychee_rerank.core.LocalReranker` serialises
+    calls.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        profile: Profile,
+        *,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        media_policy: MediaPolicy = DEFAULT_POLICY,
+        vision_cache_size: int = 64,
+        image_cache_size: int = 256,
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        self.loaded = loaded
+        self.profile = profile
+        self.max_batch_tokens = max_batch_tokens
+        self.media_policy = media_policy
+        self.stats = EngineStats()
+        self._images = ImageCache(max_entries=image_cache_size)
+        self._vision_cache: OrderedDict[str, Any] = OrderedDict()
+        self._vision_cache_size = vision_cache_size
+        self._lock = threading.Lock()
+        model = loaded.model
+        self._base = model.model
+        head = model.get_output_embeddings()
+        rows = torch.tensor([loaded.positive_token_id, loaded.negative_token_id], device=head.weight.device)
+        # The only two rows of the output head a yes/no score needs, kept in float32 for the final dot.
+        self._answer_rows = head.weight.detach().index_select(0, rows).float()
+        bias = getattr(head, "bias", None)
+        self._answer_bias = None if bias is None else bias.detach().index_select(0, rows).float()
+        processor = loaded.processor
+        self._image_token = processor.image_token
+        self._image_token_id = int(processor.image_token_id)
+        self._merge_length = int(processor.image_processor.merge_size) ** 2
+        self._pad_id = self._pad_token_id()
+
+    # -- public -----------------------------------------------------------------------------------
+
+    def score(self, query: Query, documents: Sequence[Document], instruction: str | None = None) -> list[float]:
+        """Probabilities that each document satisfies the query, in input order."""
+        if not documents:
+            return []
+        with self._lock:
+            images, query_key, document_keys = self._prepare_images(query, documents)
+            pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
+            scores = [0.0] * len(pairs)
+            for batch in pack_batches([len(pair) for pair in pairs], self.max_batch_tokens):
+                members = [pairs[i] for i in batch]
+                for pair, value in zip(members, self._score_with_retry(members, images), strict=True):
+                    scores[pair.index] = value
+            self.stats.pairs += len(pairs)
+            return scores
+
+    def clear_caches(self) -> None:
+        """Forgets decoded images and cached vision-tower outputs."""
+        with self._lock:
+            self._images.clear()
+            self._vision_cache.clear()
+
+    # -- preparing inputs -------------------------------------------------------------------------
+
+    def _load(self, source: Any, where: str) -> LoadedImage:
+        try:
+            return self._images.get_or_load(source, self.media_policy)
+        except ImageError as error:
+            raise error.located(where) from error.__cause__
+
+    def _prepare_images(
+        self, query: Query, documents: Sequence[Document]
+    ) -> tuple[dict[str, _PreparedImage], str | None, list[str | None]]:
+        """Decodes and preprocesses every distinct image of the request once.
+
+        Returns:
+            The prepared images by content digest, the query image's digest, and each document's.
+        """
+        prepared: dict[str, _PreparedImage] = {}
+
+        def prepare(source: Any, where: str) -> str:
+            loaded = self._load(source, where)
+            if loaded.digest not in prepared:
+                try:
+                    features = self.loaded.processor.image_processor(images=[loaded.image], return_tensors="pt")
+                except ValueError as error:  # e.g. an aspect ratio over 200:1
+                    raise ImageError(
+                        f"{where}: the image cannot be prepared for the model: {error}", reason="undecodable"
+                    ) from error
+                prepared[loaded.digest] = _PreparedImage(features["pixel_values"], features["image_grid_thw"])
+            return loaded.digest
+
+        query_key = None if query.image is None else prepare(query.image, "query")
+        document_keys = [
+            None if document.image is None else prepare(document.image, f"document {index}")
+            for index, document in enumerate(documents)
+        ]
+        return prepared, query_key, document_keys
+
+    def render(self, query: Query, document: Document, instruction: str | None = None) -> str:
+        """The exact prompt text for one pair, with one ``<|image_pad|>`` per image (golden tests pin it)."""
+        messages = self.profile.messages(query, document, instruction)
+        text: str = self.loaded.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text
+
+    def _encode_pairs(
+        self,
+        query: Query,
+        documents: Sequence[Document],
+        instruction: str | None,
+        images: dict[str, _PreparedImage],
+        query_key: str | None,
+        document_keys: list[str | None],
+    ) -> list[_Pair]:
+        texts: list[str] = []
+        pair_keys: list[list[str]] = []
+        for index, document in enumerate(documents):
+            try:
+                prompt = self.render(query, document, instruction)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"document {index}: {error}") from None
+            keys = [
+                key
+                for slot in self.profile.image_order(query, document)
+                if (key := query_key if slot == "query" else document_keys[index]) is not None
+            ]
+            pieces = prompt.split(self._image_token)
+            if len(pieces) - 1 != len(keys):
+                raise InvalidInputError(
+                    f"document {index}: the text contains the reserved token {self._image_token!r}; remove it"
+                )
+            # Expand each image slot to as many placeholder tokens as the image yields, as the processor does.
+            expanded = [pieces[0]]
+            for key, piece in zip(keys, pieces[1:], strict=True):
+                expanded.append(self._image_token * (images[key].token_count // self._merge_length) + piece)
+            texts.append("".join(expanded))
+            pair_keys.append(keys)
+        encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [_Pair(i, list(ids), keys) for i, (ids, keys) in enumerate(zip(encoded, pair_keys, strict=True))]
+
+    def _pad_token_id(self) -> int:
+        tokenizer = self.loaded.tokenizer
+        if tokenizer.pad_token_id is not None:
+            return int(tokenizer.pad_token_id)
+        if tokenizer.eos_token_id is not None:
+            return int(tokenizer.eos_token_id)
+        return 0
+
+    # -- running the model ------------------------------------------------------------------------
+
+    def _score_with_retry(self, pairs: list[_Pair], images: dict[str, _PreparedImage]) -> list[float]:
+        try:
+            return self._score_batch(pairs, images)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            if self.loaded.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(pairs) == 1:
+                raise InvalidInputError(
+                    f"document {pairs[0].index} alone ({len(pairs[0])} tokens) does not fit in accelerator "
+                    "memory; lower max_pixels or shorten the document"
+                ) from error
+            self.stats.oom_splits += 1
+            half = len(pairs) // 2
+            logger.warning(
+                "out of memory on a batch of %d pairs; retrying as %d + %d",
+                len(pairs),
+                half,
+                len(pairs) - half,
+            )
+            return self._score_with_retry(pairs[:half], images) + self._score_with_retry(pairs[half:], images)
+
+    @torch.inference_mode()
+    def _score_batch(self, pairs: list[_Pair], images: dict[str, _PreparedImage]) -> list[float]:
+        device = self.loaded.device
+        width = max(len(pair) for pair in pairs)
+        input_ids = torch.full((len(pairs), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
+        for row, pair in enumerate(pairs):
+            # Left padding keeps every sequence's answer position at -1.
+            input_ids[row, width - len(pair) :] = torch.tensor(pair.input_ids, dtype=torch.long)
+            attention_mask[row, width - len(pair) :] = 1
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device)
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "use_cache": False,
+        }
+        image_keys = [key for pair in pairs for key in pair.image_keys]
+        if image_keys:
+            inputs["mm_token_type_ids"] = (input_ids == self._image_token_id).long()
+            inputs["image_grid_thw"] = torch.cat([images[key].grid_thw for key in image_keys]).to(device)
+            inputs["mm_encoder_outputs"] = {"image": self._vision_outputs(image_keys, images)}
+        else:
+            # Text only: positions count real tokens, so a row's positions do not depend on its padding.
+            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            inputs["position_ids"] = positions.unsqueeze(0).expand(3, -1, -1)
+        hidden = self._base(**inputs).last_hidden_state[:, -1, :].float()
+        logits = hidden @ self._answer_rows.T
+        if self._answer_bias is not None:
+            logits = logits + self._answer_bias
+        # softmax over (yes, no) is the logistic of the difference.
+        scores = torch.sigmoid(logits[:, 0] - logits[:, 1])
+        self.stats.batches += 1
+        self.stats.tokens += int(attention_mask.sum())
+        self.stats.padded_tokens += len(pairs) * width
+        self.stats.batch_sizes.append(len(pairs))
+        return [float(value) for value in scores.cpu()]
+
+    def _vision_outputs(self, image_keys: list[str], images: dict[str, _PreparedImage]) -> Any:
+        """The vision tower's output for each image slot, encoding only images not seen recently."""
+        missing = list(dict.fromkeys(key for key in image_keys if key not in self._vision_cache))
+        self.stats.vision_cache_hits += len(set(image_keys)) - len(missing)
+        if missing:
+            # Each image is encoded on its own: the tower's attention is per image, and encoding alone
+            # keeps a cached output identical to a fresh one.
+            for key in missing:
+                self._remember(key, self._encode_image(images[key]))
+            self.stats.vision_encoded += len(missing)
+        for key in image_keys:
+            self._vision_cache.move_to_end(key)
+        return _join_vision_outputs([self._vision_cache[key] for key in image_keys])
+
+    def _encode_image(self, image: _PreparedImage) -> dict[str, Any]:
+        device = self.loaded.device
+        output = self._base.get_image_features(
+            image.pixel_values.to(device), image.grid_thw.to(device), return_dict=True
+        )
+        return _split_vision_output(output)
+
+    def _remember(self, key: str, value: dict[str, Any]) -> None:
+        self._vision_cache[key] = value
+        while len(self._vision_cache) > max(self._vision_cache_size, 1):
+            self._vision_cache.popitem(last=False)
+
+
+def _split_vision_output(output: Any) -> dict[str, Any]:
+    """Keeps the per-image fields of a one-image vision output (features, and deepstack where present)."""
+    fields: dict[str, Any] = {"type": type(output), "pooler_output": output.pooler_output[0]}
+    deepstack = getattr(output, "deepstack_features", None)
+    if deepstack is not None:
+        fields["deepstack_features"] = [layer[0] for layer in deepstack]
+    return fields
+
+
+def _join_vision_outputs(parts: list[dict[str, Any]]) -> Any:
+    """Rebuilds a vision output for several image slots from per-image pieces, in slot order."""
+    output_type: Callable[..., Any] = parts[0]["type"]
+    joined: dict[str, Any] = {"pooler_output": tuple(part["pooler_output"] for part in parts)}
+    if "deepstack_features" in parts[0]:
+        layers = len(parts[0]["deepstack_features"])
+        joined["deepstack_features"] = [
+            tuple(part["deepstack_features"][layer] for part in parts) for layer in range(layers)
+        ]
+    return output_type(**joined)

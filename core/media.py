@@ -1,0 +1,564 @@
+"""Image loading under a media policy: where an image may come from, how big it may be, how it is decoded.
+
+Every source form of :data:`~lychee_rerank.core.inputs.ImageInput` ends as a :class:`LoadedImage`: an RGB
+``PIL.Image.Image`` plus a content digest. Limits are checked before the expensive step they protect: byte
+caps before reading or while downloading, pixel caps from the header before any pixel is decoded. URLs are
+fetched only from public addresses unless the policy allows more, and every redirect is checked again.
+
+Example:
+    >>> policy = MediaPolicy.for_service()
+    >>> load_image("/etc/hosts", policy)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lychee_rerank.core.errors.ImageError: Reading local files is disabled by this media policy ...
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import ipaddress
+import os
+import re
+import socket
+import stat
+import struct
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+from urllib.parse import unquote
+
+import httpx
+from PIL import Image, ImageOps
+
+from lychee_rerank.core.errors import ImageError, ImageErrorReason
+from lychee_rerank.core.inputs import ImageInput
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_USERINFO = re.compile(r"(?<=://)[^/?#]*@")
+_IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".ico",
+    ".avif",
+    ".heic",
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Pillow raises more than OSError on hostile input (plugins hit struct/index errors on malformed headers).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, struct.error)
+_ACCEPTED = (
+    "an http(s) URL, a data:image/...;base64,... URI, a file path or file:// URI, "
+    "base64-encoded image bytes, raw bytes or a PIL image"
+)
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Where images may come from and how large they may be.
+
+    The default suits a library used in the user's own process (any local path, public URLs);
+    :meth:`for_service` is the strict default of a server that reads images named by its clients.
+
+    Attributes:
+        max_image_bytes: Cap on encoded bytes, checked before decoding and while downloading.
+        max_image_pixels: Cap on width*height, checked from the header before pixels are decoded.
+        allow_urls: Whether http(s) URLs may be fetched at all.
+        allow_private_urls: Whether URLs may resolve to loopback, private, link-local (cloud metadata),
+            CGNAT, multicast, reserved or unspecified addresses.
+        local_roots: ``None`` allows any local path; a tuple allows only paths that resolve (symlinks
+            followed) under one of these folders; ``()`` allows no local path.
+        fetch_timeout_s: Time allowed for a whole download, redirects included.
+        max_redirects: Redirects followed before giving up.
+        user_agent: Sent with every request.
+    """
+
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    allow_urls: bool = True
+    allow_private_urls: bool = False
+    local_roots: tuple[str, ...] | None = None
+    fetch_timeout_s: float = 10.0
+    max_redirects: int = 3
+    user_agent: str = "lychee-rerank"
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_image_pixels", "fetch_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MediaPolicy.{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_redirects < 0:
+            raise ValueError(f"MediaPolicy.max_redirects must be 0 or more, got {self.max_redirects!r}")
+        if self.local_roots is not None:
+            # A bare string would be iterated character by character into one-letter roots.
+            if isinstance(self.local_roots, (str, bytes)) or any(not root for root in self.local_roots):
+                raise ValueError(
+                    "MediaPolicy.local_roots must be a tuple of non-empty folder paths, "
+                    f"e.g. ('/data/images',), got {self.local_roots!r}"
+                )
+            object.__setattr__(self, "local_roots", tuple(os.fspath(root) for root in self.local_roots))
+
+    @classmethod
+    def for_service(cls) -> MediaPolicy:
+        """The strict default of the HTTP service: public URLs only and no local files."""
+        return cls(allow_urls=True, allow_private_urls=False, local_roots=())
+
+
+DEFAULT_POLICY = MediaPolicy()
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image ready for the processor.
+
+    Attributes:
+        image: RGB, EXIF orientation applied, first frame of an animation, fully loaded. Shared by
+            :class:`ImageCache`, so treat it as read-only.
+        digest: Hex sha256 of the encoded bytes, or of the RGB pixels for a PIL image given directly.
+    """
+
+    image: Image.Image
+    digest: str
+
+
+def _error(reason: ImageErrorReason, message: str) -> ImageError:
+    return ImageError(message, reason=reason)
+
+
+def _redact(url: str) -> str:
+    """The URL without user:password, shortened, for messages and logs."""
+    shown = _USERINFO.sub("", url)
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
+def _check_bytes(size: int, policy: MediaPolicy, what: str) -> None:
+    if size > policy.max_image_bytes:
+        raise _error(
+            "too_many_bytes",
+            f"{what} is larger than the limit of {policy.max_image_bytes} bytes; send a smaller image "
+            "or raise MediaPolicy.max_image_bytes.",
+        )
+
+
+def _check_pixels(size: tuple[int, int], policy: MediaPolicy) -> None:
+    width, height = size
+    if width * height > policy.max_image_pixels:
+        raise _error(
+            "too_many_pixels",
+            f"The image is {width}x{height} = {width * height} pixels, more than the limit of "
+            f"{policy.max_image_pixels}; send a smaller image or raise MediaPolicy.max_image_pixels.",
+        )
+
+
+def _read_local(path: Path, policy: MediaPolicy) -> bytes:
+    if policy.local_roots is not None:
+        if not policy.local_roots:
+            raise _error(
+                "forbidden",
+                "Reading local files is disabled by this media policy (local_roots=()); send the image as "
+                "bytes, base64, a data URI or a URL, or allow a folder with MediaPolicy(local_roots=(...)).",
+            )
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as error:  # RuntimeError: symlink loop before Python 3.13
+            raise _error("not_found", f"The path {str(path)!r} cannot be resolved: {error}.") from error
+        if not any(resolved.is_relative_to(Path(root).resolve()) for root in policy.local_roots):
+            raise _error(
+                "forbidden",
+                f"The path {str(path)!r} is outside the folders this media policy allows "
+                f"({', '.join(policy.local_roots)}); move the image under one of them or add its folder "
+                "to MediaPolicy.local_roots.",
+            )
+        path = resolved  # read what was checked, not whatever the link points to later
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # FIFOs and devices would block or never end
+            raise _error("invalid_source", f"The path {str(path)!r} is not a regular file.")
+        _check_bytes(info.st_size, policy, f"The file {str(path)!r}")
+        with path.open("rb") as file:
+            data = file.read(policy.max_image_bytes + 1)
+    except FileNotFoundError as error:
+        raise _error("not_found", f"The file {str(path)!r} does not exist; check the path.") from error
+    except PermissionError as error:
+        raise _error("forbidden", f"The file {str(path)!r} cannot be read: permission denied.") from error
+    except OSError as error:
+        raise _error("not_found", f"The file {str(path)!r} cannot be read: {error.strerror}.") from error
+    _check_bytes(len(data), policy, f"The file {str(path)!r}")  # it may have grown since stat
+    return data
+
+
+def _decode_base64(text: str, policy: MediaPolicy) -> bytes | None:
+    compact = "".join(text.split())
+    if not compact:
+        return None
+    _check_bytes(len(compact) // 4 * 3 - 2, policy, "The base64 image")  # refuse before decoding
+    try:
+        return base64.b64decode(compact, validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        return None
+
+
+def _read_data_uri(uri: str, policy: MediaPolicy) -> bytes:
+    header, comma, payload = uri[len("data:") :].partition(",")
+    params = [param.strip().lower() for param in header.split(";")]
+    if not comma:
+        raise _error("invalid_source", "The data URI has no payload; send data:image/<type>;base64,<payload>.")
+    if not params[0].startswith("image/"):
+        raise _error(
+            "invalid_source",
+            f"The data URI has media type {params[0] or 'none'!r}, not an image; "
+            "send data:image/<type>;base64,<payload>.",
+        )
+    data = _decode_base64(payload, policy) if "base64" in params[1:] else None
+    if data is None:
+        raise _error("invalid_source", "The data URI payload is not valid base64; send ...;base64,<payload>.")
+    return data
+
+
+def _describe_if_not_public(address: str) -> str | None:
+    """None for a public address, else what kind of address it is."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        # Addresses that carry an IPv4 address reach that address: judge the embedded one.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        ip = embedded or ip
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "private", "reserved", "site_local"):
+        if getattr(ip, f"is_{kind}", False):
+            return kind.replace("_", "-")
+    return None if ip.is_global else "non-public"
+
+
+def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[str]:
+    host = url.raw_host.decode("ascii")
+    try:
+        infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise _error("fetch_failed", f"Fetching {shown} failed: the host {host!r} cannot be resolved.") from error
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        kind = None if policy.allow_private_urls else _describe_if_not_public(address)
+        if kind is not None:
+            raise _error(
+                "forbidden",
+                f"The URL {shown} resolves to {address}, a {kind} address; image URLs must point to public "
+                "hosts. Set MediaPolicy(allow_private_urls=True) to fetch from private networks.",
+            )
+    return addresses
+
+
+def _get(client: httpx.Client, url: httpx.URL, policy: MediaPolicy, deadline: float) -> bytes | httpx.URL:
+    """One hop: the body, or where a redirect points."""
+    shown = _redact(str(url))
+    addresses = _checked_addresses(url, policy, shown)
+    for attempt, address in enumerate(addresses, start=1):
+        # Connect to the address that was checked, so a second DNS answer cannot point elsewhere.
+        request = client.build_request(
+            "GET",
+            url.copy_with(host=address.partition("%")[0]),
+            headers={"Host": url.netloc.decode("ascii")},
+            extensions={"sni_hostname": url.raw_host.decode("ascii")},
+            timeout=max(deadline - time.monotonic(), 0.001),
+        )
+        try:
+            response = client.send(request, stream=True)
+        except httpx.ConnectError:
+            if attempt == len(addresses):
+                raise
+            continue
+        try:
+            if response.status_code in _REDIRECTS:
+                location = response.headers.get("location")
+                if not location:
+                    raise _error("fetch_failed", f"Fetching {shown} failed: a redirect without a Location.")
+                return url.join(location)
+            if not response.is_success:
+                raise _error(
+                    "fetch_failed",
+                    f"Fetching {shown} failed: the server answered HTTP "
+                    f"{response.status_code}; check that the URL is right and public.",
+                )
+            length = response.headers.get("content-length", "")
+            if length.isdigit():  # refuse before the first byte when the server says how much is coming
+                _check_bytes(int(length), policy, f"The image at {shown}")
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                _check_bytes(len(body), policy, f"The image at {shown}")
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the whole download took too long")
+            return bytes(body)
+        finally:
+            response.close()
+    raise _error("fetch_failed", f"Fetching {shown} failed: the host has no address.")
+
+
+def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
+    shown = _redact(url)
+    deadline = time.monotonic() + policy.fetch_timeout_s
+    try:
+        current = httpx.URL(url)
+    except httpx.InvalidURL as error:
+        raise _error("invalid_source", f"The URL {shown} is not valid; check its host and port.") from error
+    try:
+        # Proxies from the environment would connect somewhere other than the address checked here.
+        with httpx.Client(follow_redirects=False, trust_env=False, headers={"User-Agent": policy.user_agent}) as client:
+            for _ in range(policy.max_redirects + 1):
+                if current.scheme not in ("http", "https") or not current.raw_host:
+                    raise _error(
+                        "forbidden",
+                        f"Fetching {shown} led to {_redact(str(current))!r}; only "
+                        "http(s) URLs with a host are fetched.",
+                    )
+                result = _get(client, current, policy, deadline)
+                if isinstance(result, bytes):
+                    return result
+                current = result
+    except httpx.TimeoutException as error:
+        raise _error(
+            "fetch_failed",
+            f"Fetching {shown} took longer than the {policy.fetch_timeout_s} s "
+            "allowed; use a faster host or raise MediaPolicy.fetch_timeout_s.",
+        ) from error
+    except ImageError:
+        raise
+    except (httpx.HTTPError, httpx.InvalidURL) as error:  # connection refused, reset, bad redirect URL
+        raise _error("fetch_failed", f"Fetching {shown} failed: {type(error).__name__}: {error}.") from error
+    raise _error("fetch_failed", f"Fetching {shown} failed: more than {policy.max_redirects} redirects.")
+
+
+def _looks_like_path(text: str) -> bool:
+    return "/" in text or "\\" in text or text.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def _is_existing_file(text: str, policy: MediaPolicy) -> bool:
+    if len(text) >= 4096:
+        return False
+    try:
+        path = Path(text)
+        # Under a restrictive policy, probing outside the roots would tell callers which files exist.
+        if policy.local_roots is not None and not any(
+            path.resolve().is_relative_to(Path(root).resolve()) for root in policy.local_roots
+        ):
+            return False
+        return path.exists()
+    except (OSError, ValueError, RuntimeError):
+        return False
+
+
+def _read_str(source: str, policy: MediaPolicy) -> bytes:
+    text = source.strip()
+    prefix = text[:8].lower()
+    if prefix.startswith(("http://", "https://")):
+        if not policy.allow_urls:
+            raise _error(
+                "forbidden",
+                f"Fetching image URLs is disabled by this media policy ({_redact(text)}); "
+                "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
+            )
+        return _fetch_url(text, policy)
+    if prefix.startswith("data:"):
+        return _read_data_uri(text, policy)
+    if prefix.startswith("file://"):
+        host, _, path = text[len("file://") :].partition("/")
+        if host.lower() not in ("", "localhost"):
+            raise _error("invalid_source", f"The file URI {text[:200]!r} names another host; use file:///path.")
+        return _read_local(Path("/" + unquote(path)), policy)
+    if _SCHEME.match(text):
+        raise _error("invalid_source", f"The URL scheme of {_redact(text)!r} is not supported; send {_ACCEPTED}.")
+    if _is_existing_file(text, policy):
+        return _read_local(Path(text), policy)
+    data = _decode_base64(text, policy)
+    if data is not None:
+        return data
+    if len(text) < 4096 and _looks_like_path(text):
+        return _read_local(Path(text), policy)  # says not_found, or forbidden outside the roots
+    raise _error("invalid_source", f"The image source {text[:40]!r} is not {_ACCEPTED}.")
+
+
+def read_image_bytes(source: str | bytes | os.PathLike[str], policy: MediaPolicy = DEFAULT_POLICY) -> bytes:
+    """Reads the encoded bytes of an image from a URL, data URI, base64 text, path or bytes.
+
+    Args:
+        source: See :data:`~lychee_rerank.core.inputs.ImageInput`; a PIL image has no bytes to read.
+        policy: Which sources are allowed and how large they may be.
+
+    Returns:
+        The encoded image, at most ``policy.max_image_bytes`` long.
+
+    Raises:
+        ImageError: With ``reason`` forbidden, not_found, fetch_failed, too_many_bytes or invalid_source.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, str):
+        data = _read_str(source, policy)
+    elif isinstance(source, os.PathLike):
+        data = _read_local(Path(os.fsdecode(source)), policy)
+    else:
+        raise _error("invalid_source", f"An image of type {type(source).__name__} cannot be read; send {_ACCEPTED}.")
+    _check_bytes(len(data), policy, "The image")
+    return data
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        # Pillow's own conversion clips at 255, which turns most 16-bit images white: scale instead.
+        high = cast(float, image.getextrema()[1])  # one band, so (min, max)
+        if image.mode.startswith("I;16") or high > 255:
+            scale = 1 / 257
+        else:
+            scale = 255.0 if image.mode == "F" and high <= 1.0 else 1.0
+        image = image.convert("F").point(lambda value: value * scale).convert("L")
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info:
+        # Transparent pixels are black underneath; the model should see them as white paper.
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _decode(data: bytes, policy: MediaPolicy, digest: str) -> LoadedImage:
+    _check_bytes(len(data), policy, "The image")
+    try:
+        with Image.open(io.BytesIO(data)) as opened:  # reads the header only
+            _check_pixels(opened.size, policy)
+            opened.seek(0)  # an animation is judged by its first frame
+            opened.load()
+            image = _to_rgb(ImageOps.exif_transpose(opened))
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Pillow refuses some sizes at open, before our own check can see the dimensions.
+        raise _error(
+            "too_many_pixels",
+            f"The image is too large to decode safely ({error}); the limit of this media policy is "
+            f"{policy.max_image_pixels} pixels. Send a smaller image.",
+        ) from error
+    except _PIL_ERRORS as error:
+        raise _error(
+            "undecodable",
+            f"The bytes are not a supported image (they start with "
+            f"{data[:8].hex(' ')}): {error}. Send PNG, JPEG, WebP, GIF, BMP or TIFF.",
+        ) from error
+    return LoadedImage(image=image, digest=digest)
+
+
+def decode_image(data: bytes, policy: MediaPolicy = DEFAULT_POLICY) -> LoadedImage:
+    """Decodes encoded image bytes into an RGB image, refusing oversized input before decoding.
+
+    Args:
+        data: The encoded image (PNG, JPEG, WebP, GIF, ...).
+        policy: The byte and pixel caps to enforce.
+
+    Raises:
+        ImageError: With ``reason`` too_many_bytes, too_many_pixels or undecodable.
+    """
+    return _decode(data, policy, hashlib.sha256(data).hexdigest())
+
+
+def _from_pil(image: Image.Image, policy: MediaPolicy) -> LoadedImage:
+    _check_pixels(image.size, policy)
+    try:
+        rgb = _to_rgb(ImageOps.exif_transpose(image))  # a copy: the caller's image is never changed
+    except _PIL_ERRORS as error:  # a lazily opened image may fail to load only now
+        raise _error("undecodable", f"The PIL image cannot be converted to RGB: {error}.") from error
+    # Hash the RGB pixels: a palette image's raw bytes would not include its palette.
+    digest = hashlib.sha256(f"{rgb.mode}:{rgb.width}x{rgb.height}:".encode())
+    digest.update(rgb.tobytes())
+    return LoadedImage(image=rgb, digest=digest.hexdigest())
+
+
+def load_image(source: ImageInput, policy: MediaPolicy = DEFAULT_POLICY) -> LoadedImage:
+    """Reads and decodes an image from any :data:`~lychee_rerank.core.inputs.ImageInput` form.
+
+    Args:
+        source: Path, URL, data URI, base64 text, bytes or a PIL image.
+        policy: Which sources are allowed and how large they may be.
+
+    Raises:
+        ImageError: Naming what was wrong in ``reason`` and the message.
+
+    Example:
+        >>> load_image(Image.new("RGBA", (1, 1))).image.getpixel((0, 0))
+        (255, 255, 255)
+    """
+    if isinstance(source, Image.Image):
+        return _from_pil(source, policy)
+    data = read_image_bytes(source, policy)
+    return _decode(data, policy, hashlib.sha256(data).hexdigest())
+
+
+class ImageCache:
+    """A thread-safe LRU of decoded images keyed by content, so identical images are decoded once.
+
+    Args:
+        max_entries: How many decoded images to keep.
+
+    Example:
+        >>> cache = ImageCache(max_entries=2)
+        >>> png = io.BytesIO(); Image.new("RGB", (1, 1)).save(png, "PNG")
+        >>> first = cache.get_or_load(png.getvalue()); second = cache.get_or_load(png.getvalue())
+        >>> (cache.hits, cache.misses, first is second)
+        (1, 1, True)
+    """
+
+    def __init__(self, max_entries: int = 256) -> None:
+        if max_entries < 1:
+            raise ValueError(f"ImageCache max_entries must be at least 1, got {max_entries}")
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        """Forgets every decoded image; the hit and miss counters are kept."""
+        with self._lock:
+            self._entries.clear()
+
+    def get_or_load(self, source: ImageInput, policy: MediaPolicy = DEFAULT_POLICY) -> LoadedImage:
+        """Returns the decoded image, decoding only when these bytes were not seen recently.
+
+        A PIL image is converted directly and not cached. Two threads that miss on the same bytes at
+        once may both decode; the result is the same.
+
+        Raises:
+            ImageError: As :func:`load_image`.
+        """
+        if isinstance(source, Image.Image):
+            return _from_pil(source, policy)
+        data = read_image_bytes(source, policy)
+        digest = hashlib.sha256(data).hexdigest()
+        with self._lock:
+            cached = self._entries.get(digest)
+            if cached is not None:
+                self._entries.move_to_end(digest)
+                self.hits += 1
+        if cached is not None:
+            _check_pixels(cached.image.size, policy)  # a stricter policy than the one that decoded it
+            return cached
+        loaded = _decode(data, policy, digest)
+        with self._lock:
+            self.misses += 1
+            self._entries[digest] = loaded
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return loaded

@@ -1,0 +1,232 @@
+"""Model profiles: how a reranking model wants its prompt laid out and how its answer becomes a score.
+
+A profile is data. The Lychee-Rerank-MM layout (DESIGN §3) is the default; should the official model
+card's layout differ, the fix is one line here and one golden test.
+
+Example:
+    >>> get_profile("lychee").positive_token
+    'yes'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lychee_rerank.core.errors import InvalidInputError, UnknownProfileError
+from lychee_rerank.core.inputs import Document, Query
+
+PartKind = Literal["text", "query_text", "query_image", "document_text", "document_image"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of the user message.
+
+    ``text`` parts are literal text formatted with ``{instruction}`` and ``{query_text}``; the other
+    kinds insert the query's or document's text or image when it has one and nothing otherwise.
+    """
+
+    kind: PartKind
+    template: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How to prompt one family of yes/no rerankers.
+
+    Attributes:
+        name: The key users pass as ``profile=``.
+        system_prompt: The system turn, or ``None`` to leave it to the chat template.
+        user_parts: The user message's content parts, in order.
+        positive_token: The answer whose probability is the score ("yes").
+        negative_token: The competing answer ("no").
+        default_instruction: Used when the caller gives none.
+        min_pixels: Lower bound on an image's pixel count after resizing.
+        max_pixels: Upper bound on an image's pixel count after resizing.
+        model_types: ``config.model_type`` values this profile is meant for.
+        default_model: The hub id used when no model is named.
+        needs_query_text: The layout embeds the query text in a template, so a query must have text.
+    """
+
+    name: str
+    system_prompt: str | None
+    user_parts: tuple[Part, ...]
+    positive_token: str
+    negative_token: str
+    default_instruction: str
+    min_pixels: int
+    max_pixels: int
+    model_types: tuple[str, ...]
+    default_model: str
+    needs_query_text: bool = False
+    notes: str = field(default="", compare=False)
+
+    def messages(self, query: Query, document: Document, instruction: str | None = None) -> list[dict[str, Any]]:
+        """The chat messages for one (query, document) pair, images as ``{"type": "image"}`` slots.
+
+        The images themselves are returned by :meth:`images` in the order their slots appear.
+        """
+        if self.needs_query_text and not query.text:
+            raise InvalidInputError(f"the {self.name!r} profile needs query text; this query has none")
+        values = {"instruction": instruction or self.default_instruction, "query_text": query.text or ""}
+        content: list[dict[str, Any]] = []
+        for part in self.user_parts:
+            if part.kind == "text":
+                content.append({"type": "text", "text": part.template.format(**values)})
+            elif part.kind == "query_text" and query.text is not None:
+                content.append({"type": "text", "text": query.text})
+            elif part.kind == "document_text" and document.text is not None:
+                content.append({"type": "text", "text": document.text})
+            elif (part.kind == "query_image" and query.has_image) or (
+                part.kind == "document_image" and document.has_image
+            ):
+                content.append({"type": "image"})
+        messages: list[dict[str, Any]] = []
+        if self.system_prompt is not None:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        messages.append({"role": "user", "content": content})
+        return messages
+
+    def image_order(self, query: Query, document: Document) -> list[Literal["query", "document"]]:
+        """Which images the prompt holds, in the order of their slots in :meth:`messages`."""
+        order: list[Literal["query", "document"]] = []
+        for part in self.user_parts:
+            if part.kind == "query_image" and query.has_image:
+                order.append("query")
+            elif part.kind == "document_image" and document.has_image:
+                order.append("document")
+        return order
+
+
+_YES_NO_SYSTEM = (
+    "Judge whether the Document meets the requirements based on the Query and the Instruct provided. "
+    'Note that the answer can only be "yes" or "no".'
+)
+
+# Instruct, query (image then text), document (image then text): DESIGN §3.
+_INSTRUCT_QUERY_DOCUMENT = (
+    Part("text", "<Instruct>: {instruction}"),
+    Part("text", "<Query>:"),
+    Part("query_image"),
+    Part("query_text"),
+    Part("text", "\n<Document>:"),
+    Part("document_image"),
+    Part("document_text"),
+)
+
+LYCHEE = Profile(
+    name="lychee",
+    system_prompt=_YES_NO_SYSTEM,
+    user_parts=_INSTRUCT_QUERY_DOCUMENT,
+    positive_token="yes",
+    negative_token="no",
+    default_instruction="Given a web search query, retrieve relevant passages that answer the query",
+    min_pixels=4 * 28 * 28,
+    max_pixels=1280 * 28 * 28,
+    model_types=("qwen2_5_vl",),
+    default_model="vec-ai/lychee-rerank-mm",
+    notes="Lychee-Rerank-MM (GMR-7B), a Qwen2.5-VL-7B fine-tune.",
+)
+
+QWEN3_VL_RERANKER = Profile(
+    name="qwen3-vl-reranker",
+    system_prompt=_YES_NO_SYSTEM,
+    user_parts=_INSTRUCT_QUERY_DOCUMENT,
+    positive_token="yes",
+    negative_token="no",
+    default_instruction="Given a search query, retrieve relevant candidates that answer the query.",
+    min_pixels=4 * 32 * 32,
+    max_pixels=1280 * 32 * 32,
+    model_types=("qwen3_vl",),
+    default_model="Qwen/Qwen3-VL-Reranker-2B",
+    notes="Qwen3-VL-Reranker 2B/8B: same system prompt, P(yes) over yes/no.",
+)
+
+MONOQWEN2_VL = Profile(
+    name="monoqwen2-vl",
+    system_prompt=None,
+    user_parts=(
+        Part("document_image"),
+        Part("document_text"),
+        Part(
+            "text",
+            "Assert the relevance of the previous image document to the following query, "
+            "answer True or False. The query is: {query_text}",
+        ),
+    ),
+    positive_token="True",
+    negative_token="False",
+    default_instruction="",
+    min_pixels=4 * 28 * 28,
+    max_pixels=1280 * 28 * 28,
+    model_types=("qwen2_vl",),
+    default_model="lightonai/MonoQwen2-VL-v0.1",
+    needs_query_text=True,
+    notes="MonoQwen2-VL-v0.1: image documents, text queries, P(True) over True/False.",
+)
+
+_ARCHITECTURES = {
+    "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen2_vl": "Qwen2VLForConditionalGeneration",
+}
+
+
+def _architecture_available(profile: Profile) -> bool:
+    import transformers
+
+    return all(hasattr(transformers, _ARCHITECTURES[model_type]) for model_type in profile.model_types)
+
+
+PROFILES: dict[str, Profile] = {
+    profile.name: profile
+    for profile in (LYCHEE, QWEN3_VL_RERANKER, MONOQWEN2_VL)
+    if profile is LYCHEE or _architecture_available(profile)
+}
+"""Registered profiles; peers appear only when the installed transformers has their architecture."""
+
+DEFAULT_PROFILE = "lychee"
+
+
+def get_profile(profile: str | Profile) -> Profile:
+    """Looks a profile up by name; a :class:`Profile` is returned as is.
+
+    Raises:
+        UnknownProfileError: The name is not registered; the message lists those that are.
+    """
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise UnknownProfileError(
+            f"unknown profile {profile!r}; choose one of {sorted(PROFILES)} or pass a Profile object"
+        ) from None
+
+
+INSTRUCTION_PRESETS: dict[str, str] = {
+    "web": LYCHEE.default_instruction,
+    "ecommerce": "Given a product image and description, retrieve similar products",
+    "academic": (
+        "Given a scientific question, retrieve the figure or table that contains the exact quantitative result"
+    ),
+    "image-search": "Given a text description, retrieve the image that best matches it",
+    "document": "Given a question, retrieve the document page that answers it",
+    "inspection": "Given a photo of a part, retrieve the annotated defect images that show the same kind of defect",
+}
+"""Named instructions. A fitting instruction raises scores by several points (DESIGN §3)."""
+
+
+def resolve_instruction(instruction: str | None) -> str | None:
+    """Maps a preset name to its text; any other string is used as the instruction itself.
+
+    ``None``, ``""`` and ``"default"`` mean the profile's own default instruction.
+
+    Example:
+        >>> resolve_instruction("ecommerce")
+        'Given a product image and description, retrieve similar products'
+    """
+    if instruction is None or not instruction.strip() or instruction.strip().lower() == "default":
+        return None
+    return INSTRUCTION_PRESETS.get(instruction.strip().lower(), instruction)
