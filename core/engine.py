@@ -8,13 +8,17 @@ What it does, and why:
   short documents are not padded to the longest one; scores come back in input order.
 - The vision tower runs once per distinct image; its output is kept in a small LRU, so a query image
   shared by every document (and by the next request) is encoded once.
+- System prompt, instruction and query (with its image) are the same for every document of a request:
+  that shared token prefix is run once and its key/value cache reused by every batch, so each document
+  costs only its own tokens.
 - Only the last position's hidden state is projected, and only on the two rows of the output head that
   matter ("yes" and "no"): never the 152k-wide vocabulary.
 - On CUDA out-of-memory a batch is split in two and retried; a single pair that still does not fit is
   an error that says what to lower.
 
-A pair's score does not depend on what it is batched with: padding is on the left and masked, positions
-are computed per row, and every image is encoded on its own sequence boundaries.
+A pair's score does not depend on what it is batched with: padding sits between the shared prefix and
+each document (or on the left) and is masked, positions are computed per row over real tokens only, and
+every image is encoded on its own.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from lychee_rerank.core.profiles import Profile
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
+MIN_SHARED_PREFIX = 8  # below this, reusing a prefix saves less than it costs
 
 
 @dataclass
@@ -60,12 +65,31 @@ class _PreparedImage:
 
 
 @dataclass
+class _Prefix:
+    """The tokens every pair of a request starts with, run once; its key/value cache per layer."""
+
+    input_ids: list[int]
+    image_keys: list[str]
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
 class EngineStats:
-    """Counters for benchmarks and metrics."""
+    """Counters for benchmarks and metrics.
+
+    ``tokens`` counts every pair's full prompt; ``computed_tokens`` what actually ran through the
+    language model (a shared prefix once per request); ``padded_tokens`` includes padding.
+    """
 
     pairs: int = 0
     batches: int = 0
     tokens: int = 0
+    computed_tokens: int = 0
+    prefix_tokens_reused: int = 0
     padded_tokens: int = 0
     vision_encoded: int = 0
     vision_cache_hits: int = 0
@@ -120,6 +144,7 @@ class ScoringEngine:
         media_policy: MediaPolicy = DEFAULT_POLICY,
         vision_cache_size: int = 64,
         image_cache_size: int = 256,
+        reuse_prefix: bool = True,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
@@ -127,6 +152,8 @@ class ScoringEngine:
         self.profile = profile
         self.max_batch_tokens = max_batch_tokens
         self.media_policy = media_policy
+        # The prefix path computes Qwen-VL multimodal positions itself, through the model's get_rope_index.
+        self.reuse_prefix = reuse_prefix and hasattr(loaded.model.model, "get_rope_index")
         self.stats = EngineStats()
         self._images = ImageCache(max_entries=image_cache_size)
         self._vision_cache: OrderedDict[str, Any] = OrderedDict()
@@ -155,12 +182,17 @@ class ScoringEngine:
         with self._lock:
             images, query_key, document_keys = self._prepare_images(query, documents)
             pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
+            prefix = self._run_prefix(pairs, images) if self.reuse_prefix and len(pairs) > 1 else None
+            skip = prefix.length if prefix else 0
             scores = [0.0] * len(pairs)
-            for batch in pack_batches([len(pair) for pair in pairs], self.max_batch_tokens):
+            for batch in pack_batches([len(pair) - skip for pair in pairs], self.max_batch_tokens):
                 members = [pairs[i] for i in batch]
-                for pair, value in zip(members, self._score_with_retry(members, images), strict=True):
+                for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
                     scores[pair.index] = value
             self.stats.pairs += len(pairs)
+            self.stats.tokens += sum(len(pair) for pair in pairs)
+            if prefix:
+                self.stats.prefix_tokens_reused += prefix.length * (len(pairs) - 1)
             return scores
 
     def clear_caches(self) -> None:
@@ -247,6 +279,60 @@ class ScoringEngine:
         encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [_Pair(i, list(ids), keys) for i, (ids, keys) in enumerate(zip(encoded, pair_keys, strict=True))]
 
+    def _image_runs(self, input_ids: list[int]) -> list[tuple[int, int]]:
+        """(start, end) of each run of image placeholder tokens, in order: one run per image."""
+        runs: list[tuple[int, int]] = []
+        start = None
+        for position, token in enumerate([*input_ids, -1]):
+            if token == self._image_token_id and start is None:
+                start = position
+            elif token != self._image_token_id and start is not None:
+                runs.append((start, position))
+                start = None
+        return runs
+
+    def shared_prefix(self, pairs: Sequence[_Pair]) -> tuple[int, int]:
+        """How many leading tokens every pair shares, and how many images lie within them.
+
+        Token ids are compared, not text, so the prefix is exactly what a full forward would see. The
+        prefix never cuts an image in two and holds only images that are the same in every pair (two
+        different images of one size have identical placeholder tokens), and it leaves every pair at least
+        one token of its own.
+        """
+        first = pairs[0].input_ids
+        length = min(len(pair) for pair in pairs)
+        for pair in pairs[1:]:
+            length = next((i for i in range(length) if pair.input_ids[i] != first[i]), length)
+        length = min(length, min(len(pair) for pair in pairs) - 1)
+        runs = self._image_runs(pairs[0].input_ids[: length + 1])
+        images = 0
+        for image, (start, end) in enumerate(runs):
+            same_image = all(pair.image_keys[image] == pairs[0].image_keys[image] for pair in pairs)
+            if end > length or not same_image:
+                length = start
+                break
+            images += 1
+        return length, images
+
+    @torch.inference_mode()
+    def _run_prefix(self, pairs: Sequence[_Pair], images: dict[str, _PreparedImage]) -> _Prefix | None:
+        length, image_count = self.shared_prefix(pairs)
+        if length < MIN_SHARED_PREFIX:
+            return None
+        ids = pairs[0].input_ids[:length]
+        keys = pairs[0].image_keys[:image_count]
+        try:
+            output = self._forward([ids], [keys], images, prefix=None, use_cache=True)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            # Scoring without the shared prefix needs no more memory per pair than scoring with it.
+            logger.warning("out of memory on the shared prefix (%d tokens); scoring without it", length)
+            return None
+        self.stats.computed_tokens += length
+        key_values = [(layer.keys, layer.values) for layer in output.cache.layers]
+        return _Prefix(ids, keys, key_values)
+
     def _pad_token_id(self) -> int:
         tokenizer = self.loaded.tokenizer
         if tokenizer.pad_token_id is not None:
@@ -257,9 +343,11 @@ class ScoringEngine:
 
     # -- running the model ------------------------------------------------------------------------
 
-    def _score_with_retry(self, pairs: list[_Pair], images: dict[str, _PreparedImage]) -> list[float]:
+    def _score_with_retry(
+        self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
+    ) -> list[float]:
         try:
-            return self._score_batch(pairs, images)
+            return self._score_batch(pairs, images, prefix)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -273,50 +361,112 @@ class ScoringEngine:
             self.stats.oom_splits += 1
             half = len(pairs) // 2
             logger.warning(
-                "out of memory on a batch of %d pairs; retrying as %d + %d",
-                len(pairs),
-                half,
-                len(pairs) - half,
+                "out of memory on a batch of %d pairs; retrying as %d + %d", len(pairs), half, len(pairs) - half
             )
-            return self._score_with_retry(pairs[:half], images) + self._score_with_retry(pairs[half:], images)
+            return self._score_with_retry(pairs[:half], images, prefix) + self._score_with_retry(
+                pairs[half:], images, prefix
+            )
 
     @torch.inference_mode()
-    def _score_batch(self, pairs: list[_Pair], images: dict[str, _PreparedImage]) -> list[float]:
-        device = self.loaded.device
-        width = max(len(pair) for pair in pairs)
-        input_ids = torch.full((len(pairs), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(pairs), width), dtype=torch.long)
-        for row, pair in enumerate(pairs):
-            # Left padding keeps every sequence's answer position at -1.
-            input_ids[row, width - len(pair) :] = torch.tensor(pair.input_ids, dtype=torch.long)
-            attention_mask[row, width - len(pair) :] = 1
-        input_ids = input_ids.to(device)
-        attention_mask = attention_mask.to(device)
-        inputs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "use_cache": False,
-        }
-        image_keys = [key for pair in pairs for key in pair.image_keys]
-        if image_keys:
-            inputs["mm_token_type_ids"] = (input_ids == self._image_token_id).long()
-            inputs["image_grid_thw"] = torch.cat([images[key].grid_thw for key in image_keys]).to(device)
-            inputs["mm_encoder_outputs"] = {"image": self._vision_outputs(image_keys, images)}
-        else:
-            # Text only: positions count real tokens, so a row's positions do not depend on its padding.
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            inputs["position_ids"] = positions.unsqueeze(0).expand(3, -1, -1)
-        hidden = self._base(**inputs).last_hidden_state[:, -1, :].float()
+    def _score_batch(
+        self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
+    ) -> list[float]:
+        skip = prefix.length if prefix else 0
+        skip_images = len(prefix.image_keys) if prefix else 0
+        output = self._forward(
+            [pair.input_ids[skip:] for pair in pairs],
+            [pair.image_keys[skip_images:] for pair in pairs],
+            images,
+            prefix=prefix,
+            use_cache=False,
+        )
+        hidden = output.last_hidden_state[:, -1, :].float()
         logits = hidden @ self._answer_rows.T
         if self._answer_bias is not None:
             logits = logits + self._answer_bias
         # softmax over (yes, no) is the logistic of the difference.
         scores = torch.sigmoid(logits[:, 0] - logits[:, 1])
+        width = max(len(pair) - skip for pair in pairs)
         self.stats.batches += 1
-        self.stats.tokens += int(attention_mask.sum())
+        self.stats.computed_tokens += sum(len(pair) - skip for pair in pairs)
         self.stats.padded_tokens += len(pairs) * width
         self.stats.batch_sizes.append(len(pairs))
         return [float(value) for value in scores.cpu()]
+
+    def _forward(
+        self,
+        rows: list[list[int]],
+        row_image_keys: list[list[str]],
+        images: dict[str, _PreparedImage],
+        *,
+        prefix: _Prefix | None,
+        use_cache: bool,
+    ) -> Any:
+        """Runs the language model on ``rows`` (each continuing ``prefix``, if any).
+
+        Rows are padded on the left of their own tokens, i.e. between the shared prefix and the row, and
+        the padding is masked. Positions (Qwen-VL's 3-D multimodal positions when images are present) are
+        computed over each full row, prefix included, and counted over real tokens only.
+        """
+        device = self.loaded.device
+        prefix_ids = prefix.input_ids if prefix else []
+        prefix_keys = prefix.image_keys if prefix else []
+        width = max(len(row) for row in rows)
+        total = len(prefix_ids) + width
+        input_ids = torch.full((len(rows), total), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), total), dtype=torch.long)
+        if prefix_ids:
+            input_ids[:, : len(prefix_ids)] = torch.tensor(prefix_ids, dtype=torch.long)
+            attention_mask[:, : len(prefix_ids)] = 1
+        for index, row in enumerate(rows):
+            input_ids[index, total - len(row) :] = torch.tensor(row, dtype=torch.long)
+            attention_mask[index, total - len(row) :] = 1
+        input_ids = input_ids.to(device)
+        attention_mask = attention_mask.to(device)
+        position_ids = self._positions(
+            input_ids, attention_mask, [prefix_keys + keys for keys in row_image_keys], images
+        )
+        inputs: dict[str, Any] = {
+            "input_ids": input_ids[:, len(prefix_ids) :],
+            "attention_mask": attention_mask,
+            "position_ids": position_ids[:, :, len(prefix_ids) :],
+            "use_cache": use_cache,
+        }
+        if prefix is not None:
+            inputs["cache"] = self._expand_prefix_cache(prefix, len(rows))
+        new_image_keys = [key for keys in row_image_keys for key in keys]
+        if new_image_keys:
+            inputs["mm_encoder_outputs"] = {"image": self._vision_outputs(new_image_keys, images)}
+        return self._base(**inputs)
+
+    def _positions(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        row_image_keys: list[list[str]],
+        images: dict[str, _PreparedImage],
+    ) -> torch.Tensor:
+        """(3, batch, length) positions: 1-D over real tokens for text, Qwen-VL's 3-D grid for images."""
+        if not any(row_image_keys):
+            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            return positions.unsqueeze(0).expand(3, -1, -1)
+        grids = torch.cat([images[key].grid_thw for keys in row_image_keys for key in keys]).to(input_ids.device)
+        positions, _ = self._base.get_rope_index(
+            input_ids,
+            mm_token_type_ids=(input_ids == self._image_token_id).int(),
+            image_grid_thw=grids,
+            attention_mask=attention_mask,
+        )
+        return positions  # type: ignore[no-any-return]
+
+    def _expand_prefix_cache(self, prefix: _Prefix, rows: int) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(
+            ddp_cache_data=[
+                (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1)) for keys, values in prefix.key_values
+            ]
+        )
 
     def _vision_outputs(self, image_keys: list[str], images: dict[str, _PreparedImage]) -> Any:
         """The vision tower's output for each image slot, encoding only images not seen recently."""
