@@ -18,7 +18,7 @@ from lychee_rerank.core.errors import (
 from lychee_rerank.core.inputs import Document, ImageInput, Query
 from lychee_rerank.core.media import MediaPolicy
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES, Profile, get_profile
-from lychee_rerank.core.reranker import BaseReranker, LocalReranker, Reranker, RerankResult
+from lychee_rerank.core.reranker import BaseReranker, LocalReranker, Reranker, RerankResult, as_reranker
 
 __version__ = "0.1.0"
 
@@ -40,5 +40,6 @@ __all__ = [
     "Reranker",
     "UnknownProfileError",
     "__version__",
+    "as_reranker",
     "get_profile",
 ]

@@ -160,7 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--min-score", type=float, help="hide documents scoring below this")
     score.add_argument("--json", action="store_true", help="print JSON instead of a table")
     score.set_defaults(handler=_score_command)
+    _add_registered_commands(commands)
     return parser
+
+
+COMMANDS_ENTRY_POINT = "lychee_rerank.commands"
+"""Entry-point group through which other layers add subcommands (``serve``, ``demo``...).
+
+Each entry point names a function ``register(subparsers)`` that adds its parser and sets ``handler``
+(``handler(args) -> int``). Core never imports an adapter: adapters register themselves in pyproject.
+Registration must stay cheap: heavy imports belong in the handler.
+"""
+
+
+def _add_registered_commands(commands: Any) -> None:
+    from importlib.metadata import entry_points
+
+    for entry_point in sorted(entry_points(group=COMMANDS_ENTRY_POINT), key=lambda ep: ep.name):
+        try:
+            register = entry_point.load()
+        except ImportError as error:
+            # Keep the other commands working; say why this one is missing when it is used.
+            unavailable = commands.add_parser(entry_point.name, help=f"(unavailable: {error})", add_help=False)
+            unavailable.add_argument("arguments", nargs=argparse.REMAINDER)
+            unavailable.set_defaults(handler=_unavailable(entry_point.name, error))
+            continue
+        register(commands)
+
+
+def _unavailable(name: str, error: ImportError) -> Any:
+    def handler(args: argparse.Namespace) -> int:
+        raise LycheeError(f"the {name!r} command cannot run here: {error}")
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -240,3 +240,21 @@ class LocalReranker(BaseReranker):
         parsed_query = as_query(query)
         parsed = as_documents(documents)
         return self.engine.score(parsed_query, parsed, resolve_instruction(instruction))
+
+
+def as_reranker(reranker: Reranker | str) -> Reranker:
+    """The reranker adapters use: a :class:`Reranker` as is; a URL string means the service at that URL.
+
+    Example:
+        >>> as_reranker("http://gpu-box:8000")  # doctest: +SKIP
+        RemoteReranker('http://gpu-box:8000')
+    """
+    if isinstance(reranker, str):
+        from lychee_rerank.core.remote import RemoteReranker  # the HTTP client, built with the service
+
+        return RemoteReranker(reranker)
+    if not isinstance(reranker, Reranker):
+        raise TypeError(
+            f"expected a Reranker (LocalReranker, RemoteReranker) or a service URL, got {type(reranker).__name__}"
+        )
+    return reranker
