@@ -181,7 +181,9 @@ def _add_registered_commands(commands: Any) -> None:
             register = entry_point.load()
         except ImportError as error:
             # Keep the other commands working; say why this one is missing when it is used.
-            unavailable = commands.add_parser(entry_point.name, help=f"(unavailable: {error})", add_help=False)
+            unavailable = commands.add_parser(
+                entry_point.name, help=f"(unavailable: {error})", add_help=False, prefix_chars="\x00"
+            )
             unavailable.add_argument("arguments", nargs=argparse.REMAINDER)
             unavailable.set_defaults(handler=_unavailable(entry_point.name, error))
             continue
