@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from lychee_rerank.core.errors import ImageError, InvalidInputError
+from lychee_rerank.core.errors import ImageError, InvalidInputError, ModelLoadError
 from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.loading import LoadedModel
 from lychee_rerank.core.media import DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
@@ -152,8 +152,14 @@ class ScoringEngine:
         self.profile = profile
         self.max_batch_tokens = max_batch_tokens
         self.media_policy = media_policy
-        # The prefix path computes Qwen-VL multimodal positions itself, through the model's get_rope_index.
-        self.reuse_prefix = reuse_prefix and hasattr(loaded.model.model, "get_rope_index")
+        self.reuse_prefix = reuse_prefix
+        # Positions are computed here (per full row, for the shared-prefix path) with the model's own
+        # Qwen-VL multimodal rope index, so only that family is supported.
+        if not hasattr(loaded.model.model, "get_rope_index"):
+            raise ModelLoadError(
+                f"{loaded.path!r} is a {type(loaded.model).__name__}; the engine scores Qwen-VL family models "
+                "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"
+            )
         self.stats = EngineStats()
         self._images = ImageCache(max_entries=image_cache_size)
         self._vision_cache: OrderedDict[str, Any] = OrderedDict()
