@@ -18,6 +18,7 @@ from lychee_rerank.core.errors import (
 from lychee_rerank.core.inputs import Document, ImageInput, Query
 from lychee_rerank.core.media import MediaPolicy
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES, Profile, get_profile
+from lychee_rerank.core.remote import RemoteReranker, RemoteRerankerError
 from lychee_rerank.core.reranker import BaseReranker, LocalReranker, Reranker, RerankResult, as_reranker
 
 __version__ = "0.1.0"
@@ -36,6 +37,8 @@ __all__ = [
     "ModelLoadError",
     "Profile",
     "Query",
+    "RemoteReranker",
+    "RemoteRerankerError",
     "RerankResult",
     "Reranker",
     "UnknownProfileError",

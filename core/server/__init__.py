@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI routes, the request scheduler and the Gradio UI."""

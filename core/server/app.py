@@ -1,0 +1,129 @@
+"""The FastAPI application: routes, scheduler, metrics, limits and (optionally) the UI.
+
+Example:
+    >>> reranker = LocalReranker(model="tiny", media_policy=settings.media_policy())  # doctest: +SKIP
+    >>> app = create_app(reranker, settings)  # doctest: +SKIP
+    >>> uvicorn.run(app)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from lychee_rerank.core import __version__
+from lychee_rerank.core.engine import ScoringEngine
+from lychee_rerank.core.reranker import LocalReranker
+from lychee_rerank.core.server.errors import install_error_handlers
+from lychee_rerank.core.server.limits import BodyLimitMiddleware
+from lychee_rerank.core.server.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
+from lychee_rerank.core.server.protocol import Health
+from lychee_rerank.core.server.routes import ServiceState, router
+from lychee_rerank.core.server.scheduler import Scheduler, ScoreFunction
+from lychee_rerank.core.server.serving import ScheduledReranker, Truncator
+from lychee_rerank.core.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/rerank_batch", "/score", "/health", "/metrics")
+
+
+def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: ScoreFunction | None = None) -> FastAPI:
+    """The service around an already loaded reranker.
+
+    The scheduler's worker thread starts with the app (lifespan) and ``/health`` answers 200 from then
+    on. ``app.state.lychee.scorer`` is a :class:`~lychee_rerank.core.Reranker` whose work goes through
+    the scheduler (the UI gets the same object), and ``app.state.scheduler`` exposes the scheduler's stats.
+
+    Args:
+        reranker: The model, loaded. The service scores with an engine of its own over the same loaded
+            model, under ``settings.media_policy()``: a service reads images named by its clients, so its
+            settings decide (no local files, no private URLs unless allowed), whatever the reranker was
+            built with. The reranker itself is not changed.
+        settings: Limits and options.
+        score: The engine call the scheduler makes, ``score(query, documents, instruction)``; default: the
+            service's engine. A seam for tests and for wrapping the engine (tracing, a gate).
+    """
+    policy = settings.media_policy()
+    engine = ScoringEngine(
+        reranker.loaded,
+        reranker.profile,
+        max_batch_tokens=reranker.engine.max_batch_tokens,
+        media_policy=policy,
+        reuse_prefix=reranker.engine.reuse_prefix,
+    )
+    scheduler_box: list[Scheduler] = []
+    metrics = ServiceMetrics(lambda: scheduler_box[0].depth if scheduler_box else 0)
+    scheduler = Scheduler(
+        score or engine.score,
+        max_queue=settings.max_queue,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_wait_ms=settings.max_wait_ms,
+        on_round=metrics.observe_round,
+        on_dropped=metrics.dropped.inc,
+    )
+    scheduler_box.append(scheduler)
+    scorer = ScheduledReranker(scheduler, settings.request_timeout_s, media_policy=policy)
+    model_name = settings.served_model_name or reranker.model_name
+    truncator = Truncator(reranker.loaded.tokenizer, settings.max_document_tokens)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.close()
+
+    app = FastAPI(
+        title="lychee-rerank",
+        version=__version__,
+        description="Multimodal reranking (Lychee-Rerank-MM): Cohere/Jina, TEI and batch APIs.",
+        lifespan=lifespan,
+    )
+    app.state.lychee = ServiceState(settings, scorer, truncator, model_name)
+    app.state.scheduler = scheduler
+    app.state.engine = engine
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/health", response_model=Health, summary="Readiness", responses={503: {"model": Health}})
+    async def health() -> JSONResponse:
+        """200 once the model is loaded and the scheduler runs; 503 otherwise."""
+        ready = scheduler.running
+        body = Health(status="ok" if ready else "unavailable", model=model_name, queue_depth=scheduler.depth)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus(request: Request) -> Response:
+        """Requests by route and status, latency, batch sizes, queue depth, documents scored."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if settings.ui:
+        _mount_ui(app, scorer, settings.api_key)
+    # Outermost first: metrics see every answer, the body limit runs before any parsing.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=(*ROUTES, "/ui"))
+    return app
+
+
+def _mount_ui(app: FastAPI, scorer: ScheduledReranker, api_key: str | None) -> None:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        logger.info("gradio is not installed; the UI is off (pip install 'lychee-rerank[ui]')")
+        return
+    try:
+        # Imported by name: the UI module is written separately and may be absent from a checkout.
+        ui = importlib.import_module("lychee_rerank.core.server.ui")
+    except ImportError as error:
+        logger.warning("the UI cannot be mounted: %s", error)
+        return
+    # The key goes to the UI too: a browser cannot send a Bearer header, and the UI must not bypass it.
+    ui.mount_ui(app, scorer, path="/ui", api_key=api_key)

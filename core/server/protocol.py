@@ -1,0 +1,212 @@
+"""Request and response bodies of every route (pydantic), one section per API.
+
+Unknown fields are refused (422) so that a typo or nested junk is reported instead of silently ignored;
+fields that well-known clients send and that mean nothing here (Cohere's ``priority``...) are accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+_STRICT = ConfigDict(extra="forbid")
+TopN = Annotated[StrictInt, Field(ge=0, description="keep only the best N (0 keeps none)")]
+MinScore = Annotated[
+    StrictFloat | StrictInt, Field(allow_inf_nan=False, description="drop documents scoring under this")
+]
+Instruction = Annotated[
+    StrictStr, Field(max_length=4096, description="task instruction, or a preset name (ecommerce, academic...)")
+]
+
+
+# -- shared content ------------------------------------------------------------------------------
+
+
+class ImageURL(BaseModel):
+    """vLLM/OpenAI ``image_url`` part: ``{"url": ...}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: StrictStr
+    detail: StrictStr | None = None
+
+
+class ContentPart(BaseModel):
+    """One part of a vLLM-style content list: text, or an image by URL, data URI or base64."""
+
+    model_config = _STRICT
+    type: Literal["text", "image_url", "image"]
+    text: StrictStr | None = None
+    image_url: ImageURL | StrictStr | None = None
+    image: StrictStr | None = None
+
+
+class Content(BaseModel):
+    """A query or document as an object: ``{text?, image?}`` or ``{content: [parts]}``.
+
+    ``image`` is an http(s) URL, a ``data:image/...;base64,`` URI, or base64-encoded bytes.
+    """
+
+    model_config = _STRICT
+    text: StrictStr | None = None
+    image: StrictStr | None = None
+    content: list[ContentPart] | None = Field(default=None, max_length=16)
+
+
+DocumentIn = StrictStr | Content
+QueryIn = StrictStr | Content
+
+
+# -- Cohere v2 / Jina ----------------------------------------------------------------------------
+
+
+class RerankRequest(BaseModel):
+    """Cohere v2 / Jina ``rerank``, plus ``instruction`` and ``min_score``."""
+
+    model_config = _STRICT
+    model: StrictStr | None = None
+    query: QueryIn
+    documents: list[DocumentIn]
+    top_n: TopN | None = None
+    return_documents: StrictBool = False
+    instruction: Instruction | None = None
+    min_score: MinScore | None = None
+    max_tokens_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+    # Sent by the Cohere SDK or Jina clients; accepted and ignored.
+    priority: Any = None
+    relevant_spans: Any = None
+    rank_fields: list[StrictStr] | None = None
+    max_chunks_per_doc: StrictInt | None = None
+
+
+class RerankDocument(BaseModel):
+    """A document echoed back with ``return_documents``."""
+
+    text: str | None = None
+    image: str | None = None
+
+
+class RerankResultOut(BaseModel):
+    """One result of ``rerank``."""
+
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class Usage(BaseModel):
+    """What the request cost (Jina's ``total_tokens``, Cohere's search units)."""
+
+    total_tokens: int
+    search_units: int = 1
+
+
+class RerankResponse(BaseModel):
+    """Cohere v2 / Jina response: results sorted by score, best first."""
+
+    id: str
+    model: str
+    results: list[RerankResultOut]
+    usage: Usage
+    meta: dict[str, Any]
+
+
+# -- Text Embeddings Inference --------------------------------------------------------------------
+
+
+class TEIRerankRequest(BaseModel):
+    """TEI ``/rerank``: ``texts`` instead of ``documents``."""
+
+    model_config = _STRICT
+    query: StrictStr
+    texts: list[StrictStr]
+    raw_scores: StrictBool = False
+    return_text: StrictBool = False
+    truncate: StrictBool = False
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    instruction: Instruction | None = None
+    min_score: MinScore | None = None
+    top_n: TopN | None = None
+
+
+class TEIRank(BaseModel):
+    """One TEI result: ``score`` is a probability, or a logit with ``raw_scores``."""
+
+    index: int
+    score: float
+    text: str | None = None
+
+
+# -- the original batch API -----------------------------------------------------------------------
+
+
+class BatchRequest(BaseModel):
+    """``/rerank_batch``: one query, many documents, each ``{text?, image?}``."""
+
+    model_config = _STRICT
+    instruction: Instruction | None = None
+    query: QueryIn
+    documents: list[DocumentIn]
+    top_n: TopN | None = None
+    min_score: MinScore | None = None
+
+
+class BatchResult(BaseModel):
+    """One row of ``/rerank_batch``."""
+
+    rank: int
+    index: int
+    score: float
+    text: str | None = None
+    image: str | None = None
+
+
+class BatchResponse(BaseModel):
+    """``/rerank_batch`` results, best first, and the same as a Markdown table."""
+
+    model: str
+    results: list[BatchResult]
+    markdown: str
+
+
+class ScoreRequest(BaseModel):
+    """``/score``: one query and one document."""
+
+    model_config = _STRICT
+    instruction: Instruction | None = None
+    query: QueryIn
+    document: DocumentIn
+
+
+class ScoreResponse(BaseModel):
+    """The probability that the document satisfies the query."""
+
+    model: str
+    score: float
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``type``, a message for humans, the HTTP status, an image ``reason``."""
+
+    type: str
+    message: str
+    status: int
+    reason: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error body; ``message`` is repeated at the top for Cohere-style clients."""
+
+    error: ErrorDetail
+    message: str
+
+
+class Health(BaseModel):
+    """``/health``."""
+
+    status: Literal["ok", "loading", "unavailable"]
+    model: str
+    queue_depth: int
