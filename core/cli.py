@@ -12,11 +12,11 @@ import argparse
 import json
 import logging
 import sys
-import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lychee_rerank.core.display import cell
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES
@@ -63,21 +63,6 @@ def _read_documents_file(path: str) -> list[dict[str, Any]]:
     return documents
 
 
-def _display_width(text: str) -> int:
-    # Chinese and other wide characters take two terminal columns.
-    return sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text)
-
-
-def _cell(text: str | None, width: int) -> str:
-    """``text`` on one line, cut to ``width`` terminal columns and padded to exactly that."""
-    flat = " ".join((text or "").split())
-    if _display_width(flat) > width:
-        while _display_width(flat) > width - 1:
-            flat = flat[:-1]
-        flat += "…"
-    return flat + " " * (width - _display_width(flat))
-
-
 def _score_command(args: argparse.Namespace) -> int:
     from lychee_rerank.core.reranker import LocalReranker
 
@@ -112,13 +97,13 @@ def _score_command(args: argparse.Namespace) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     print(f"model: {reranker.model_name}  device: {reranker.loaded.device}  dtype: {reranker.loaded.dtype}")
-    print(f"query: {_cell(query.text, 60).rstrip()}{'  [image] ' + str(query.image) if query.image else ''}")
+    print(f"query: {cell(query.text, 60).rstrip()}{'  [image] ' + str(query.image) if query.image else ''}")
     print()
     print(f"{'rank':>4}  {'score':>7}  {'doc':>3}  {'text':<48}  image")
     for rank, result in enumerate(results, start=1):
         document = result.document
         image = str(document.image) if isinstance(document.image, str) else ""
-        print(f"{rank:>4}  {result.score:7.4f}  {result.index:>3}  {_cell(document.text, 48)}  {image}")
+        print(f"{rank:>4}  {result.score:7.4f}  {result.index:>3}  {cell(document.text, 48)}  {image}")
     return 0
 
 
