@@ -1,4 +1,7 @@
-"""Search-engine side integrations (Elasticsearch inference endpoints, OpenSearch ML connectors).
+"""Search-engine side integrations: what runs inside Elasticsearch and OpenSearch.
 
-Nothing ships here yet; see the project's issues.
+- :mod:`lychee_rerank.plugins.elasticsearch`: an inference endpoint (``custom`` service) that calls the
+  rerank service, for the ``text_similarity_reranker`` retriever.
+- :mod:`lychee_rerank.plugins.opensearch`: an ml-commons connector, remote model and search pipeline with
+  the ``rerank`` response processor.
 """
