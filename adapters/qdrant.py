@@ -218,18 +218,27 @@ class _Request:
 class _QdrantRerankBase:
     """What the sync and async rerankers share: settings, request building, documents and the result."""
 
+    _client_type: type
+    _other_class: str
+
     def __init__(
         self,
+        client: Any,
         reranker: Reranker | str,
         *,
-        text_fields: Sequence[str],
-        image_fields: Sequence[str],
-        window: int,
-        instruction: str | None,
-        fail_open: bool,
-        timeout_s: float | None,
-        first_stage_score_key: str | None,
+        text_fields: Sequence[str] = ("text",),
+        image_fields: Sequence[str] = IMAGE_KEYS,
+        window: int = DEFAULT_WINDOW,
+        instruction: str | None = None,
+        fail_open: bool = True,
+        timeout_s: float | None = None,
+        first_stage_score_key: str | None = FIRST_STAGE_SCORE_KEY,
     ) -> None:
+        if not isinstance(client, self._client_type):
+            raise TypeError(
+                f"expected a {self._client_type.__name__}, got {type(client).__name__} (use {self._other_class})"
+            )
+        self.client = client
         self.reranker = as_reranker(reranker)
         self.text_fields = _check_fields("text_fields", text_fields)
         self.image_fields = _check_fields("image_fields", image_fields)
@@ -356,32 +365,9 @@ class QdrantReranker(_QdrantRerankBase):
         QueryResponse(points=[ScoredPoint(id=3, score=0.91, ...), ScoredPoint(id=8, score=0.47, ...)])
     """
 
-    def __init__(
-        self,
-        client: QdrantClient,
-        reranker: Reranker | str,
-        *,
-        text_fields: Sequence[str] = ("text",),
-        image_fields: Sequence[str] = IMAGE_KEYS,
-        window: int = DEFAULT_WINDOW,
-        instruction: str | None = None,
-        fail_open: bool = True,
-        timeout_s: float | None = None,
-        first_stage_score_key: str | None = FIRST_STAGE_SCORE_KEY,
-    ) -> None:
-        if not isinstance(client, QdrantClient):
-            raise TypeError(f"expected a QdrantClient, got {type(client).__name__} (use AsyncQdrantReranker for async)")
-        super().__init__(
-            reranker,
-            text_fields=text_fields,
-            image_fields=image_fields,
-            window=window,
-            instruction=instruction,
-            fail_open=fail_open,
-            timeout_s=timeout_s,
-            first_stage_score_key=first_stage_score_key,
-        )
-        self.client = client
+    _client_type = QdrantClient
+    _other_class = "AsyncQdrantReranker for an AsyncQdrantClient"
+    client: QdrantClient
 
     def query_points(
         self,
@@ -440,32 +426,9 @@ class AsyncQdrantReranker(_QdrantRerankBase):
         >>> response = await reranker.query_points("docs", rerank_query="red dress", query=vector)  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        client: AsyncQdrantClient,
-        reranker: Reranker | str,
-        *,
-        text_fields: Sequence[str] = ("text",),
-        image_fields: Sequence[str] = IMAGE_KEYS,
-        window: int = DEFAULT_WINDOW,
-        instruction: str | None = None,
-        fail_open: bool = True,
-        timeout_s: float | None = None,
-        first_stage_score_key: str | None = FIRST_STAGE_SCORE_KEY,
-    ) -> None:
-        if not isinstance(client, AsyncQdrantClient):
-            raise TypeError(f"expected an AsyncQdrantClient, got {type(client).__name__} (use QdrantReranker)")
-        super().__init__(
-            reranker,
-            text_fields=text_fields,
-            image_fields=image_fields,
-            window=window,
-            instruction=instruction,
-            fail_open=fail_open,
-            timeout_s=timeout_s,
-            first_stage_score_key=first_stage_score_key,
-        )
-        self.client = client
+    _client_type = AsyncQdrantClient
+    _other_class = "QdrantReranker for a QdrantClient"
+    client: AsyncQdrantClient
 
     async def query_points(
         self,

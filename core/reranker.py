@@ -150,10 +150,11 @@ class BaseReranker:
         instruction: str | None = None,
         min_score: float | None = None,
     ) -> list[RerankResult]:
-        """``rerank`` in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(
-            self.rerank, query, documents, top_n=top_n, instruction=instruction, min_score=min_score
-        )
+        """``rerank`` on top of ``ascore``, so the event loop keeps running while documents are scored."""
+        check_rerank_options(top_n, min_score)
+        parsed = as_documents(documents)
+        scores = await self.ascore(query, parsed, instruction=instruction)
+        return rank(parsed, scores, top_n=top_n, min_score=min_score)
 
 
 class LocalReranker(BaseReranker):

@@ -9,7 +9,6 @@ import importlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -23,53 +22,7 @@ from pydantic import ValidationError
 
 from lychee_rerank.adapters.llamaindex import LycheeRerank
 from lychee_rerank.core import Document, ImageError, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents
-from lychee_rerank.core.reranker import BaseReranker, RerankResult, rank
-
-
-class FailingReranker(BaseReranker):
-    """A reranker whose scoring raises the given error, counting its calls."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        self.calls = 0
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        self.calls += 1
-        raise self.error
-
-
-class SlowReranker(BaseReranker):
-    """Answers 0.5 for everything after ``delay_s``; the async path sleeps on the loop like an HTTP client."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        time.sleep(self.delay_s)
-        return [0.5] * len(documents)
-
-    async def ascore(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        await asyncio.sleep(self.delay_s)
-        return [0.5] * len(documents)
-
-    async def arerank(
-        self,
-        query: QueryLike,
-        documents: Sequence[DocumentLike],
-        *,
-        top_n: int | None = None,
-        instruction: str | None = None,
-        min_score: float | None = None,
-    ) -> list[RerankResult]:
-        parsed = as_documents(documents)
-        return rank(parsed, await self.ascore(query, parsed), top_n=top_n, min_score=min_score)
+from lychee_rerank.core.fakes import FailingReranker, SlowReranker
 
 
 @pytest.fixture

@@ -13,54 +13,10 @@ import pytest
 from PIL import Image
 
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, LycheeError, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents
+from lychee_rerank.core.fakes import FailingReranker, SlowReranker
+from lychee_rerank.core.inputs import DocumentLike, QueryLike
 from lychee_rerank.core.postprocess import IMAGE_KEYS, Pick, SecondStage, document_from_fields, query_from_fields
-from lychee_rerank.core.reranker import BaseReranker, RerankResult, rank
-
-
-class FailingReranker(BaseReranker):
-    """A reranker whose scoring raises the given error, counting its calls."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        self.calls = 0
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        self.calls += 1
-        raise self.error
-
-
-class SlowReranker(BaseReranker):
-    """A reranker that answers after ``delay_s``; its async path sleeps on the event loop, as an HTTP client would."""
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        time.sleep(self.delay_s)
-        return [0.5] * len(documents)
-
-    async def ascore(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        await asyncio.sleep(self.delay_s)
-        return [0.5] * len(documents)
-
-    async def arerank(
-        self,
-        query: QueryLike,
-        documents: Sequence[DocumentLike],
-        *,
-        top_n: int | None = None,
-        instruction: str | None = None,
-        min_score: float | None = None,
-    ) -> list[RerankResult]:
-        parsed = as_documents(documents)
-        return rank(parsed, await self.ascore(query, parsed), top_n=top_n, min_score=min_score)
+from lychee_rerank.core.reranker import BaseReranker, RerankResult
 
 
 class AsyncOnlyReranker(BaseReranker):
