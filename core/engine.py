@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_TOKENS = 16384
 MIN_SHARED_PREFIX = 8  # below this, reusing a prefix saves less than it costs
+# Padding is wasted compute: on a CPU it is pure loss, and on a GPU a batch of similar lengths is as fast
+# as a ragged one of the same real size. A member may be at most this much shorter than its batch's longest.
+DEFAULT_MAX_PADDING = 0.2
 
 
 @dataclass
@@ -104,14 +107,20 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Groups indices, longest first, so that ``batch size * longest length <= max_batch_tokens``.
+def pack_batches(
+    lengths: Sequence[int], max_batch_tokens: int, *, max_padding: float = DEFAULT_MAX_PADDING
+) -> list[list[int]]:
+    """Groups indices, longest first, into batches that bound both memory and wasted work.
 
-    A pair longer than the budget gets a batch of its own.
+    A batch holds at most ``max_batch_tokens`` padded tokens (``size * longest``), and no member is
+    shorter than ``(1 - max_padding)`` of the batch's longest, so padding never costs more than that
+    fraction of a member's work. A pair longer than the budget gets a batch of its own.
 
     Example:
-        >>> pack_batches([5, 2, 9, 3], max_batch_tokens=10)
-        [[2], [0], [3, 1]]
+        >>> pack_batches([50, 48, 90, 30], max_batch_tokens=100)
+        [[2], [0, 1], [3]]
+        >>> pack_batches([100, 95, 40, 38], max_batch_tokens=1000)
+        [[0, 1], [2, 3]]
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
@@ -119,7 +128,9 @@ def pack_batches(lengths: Sequence[int], max_batch_tokens: int) -> list[list[int
     for index in order:
         # Sorted longest first, so the batch's padded width is its first member's length.
         width = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * width > max_batch_tokens:
+        too_big = (len(current) + 1) * width > max_batch_tokens
+        too_short = lengths[index] < (1 - max_padding) * width
+        if current and (too_big or too_short):
             batches.append(current)
             current = []
         current.append(index)
@@ -145,9 +156,13 @@ class ScoringEngine:
         vision_cache_size: int = 64,
         image_cache_size: int = 256,
         reuse_prefix: bool = True,
+        max_padding: float = DEFAULT_MAX_PADDING,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        if not 0.0 <= max_padding <= 1.0:
+            raise ValueError(f"max_padding must be between 0 and 1, got {max_padding}")
+        self.max_padding = max_padding
         self.loaded = loaded
         self.profile = profile
         self.max_batch_tokens = max_batch_tokens
@@ -191,7 +206,9 @@ class ScoringEngine:
             prefix = self._run_prefix(pairs, images) if self.reuse_prefix and len(pairs) > 1 else None
             skip = prefix.length if prefix else 0
             scores = [0.0] * len(pairs)
-            for batch in pack_batches([len(pair) - skip for pair in pairs], self.max_batch_tokens):
+            for batch in pack_batches(
+                [len(pair) - skip for pair in pairs], self.max_batch_tokens, max_padding=self.max_padding
+            ):
                 members = [pairs[i] for i in batch]
                 for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
                     scores[pair.index] = value

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from lychee_rerank.core.engine import DEFAULT_MAX_BATCH_TOKENS, ScoringEngine
+from lychee_rerank.core.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_PADDING, ScoringEngine
 from lychee_rerank.core.errors import InvalidInputError
 from lychee_rerank.core.inputs import Document, DocumentLike, QueryLike, as_documents, as_query
 from lychee_rerank.core.loading import LoadedModel, load_model
@@ -175,6 +175,8 @@ class LocalReranker(BaseReranker):
         reuse_prefix: Run the prompt part shared by all documents of a request (system prompt,
             instruction, query and its image) once and reuse its key/value cache. Scores are the same
             either way; turning it off only costs time.
+        max_padding: A pair joins a batch only if it is at most this fraction shorter than the batch's
+            longest: padding is wasted work. 1.0 packs by ``max_batch_tokens`` alone.
 
     Example:
         >>> reranker = LocalReranker(model="tiny")  # doctest: +SKIP
@@ -194,6 +196,7 @@ class LocalReranker(BaseReranker):
         media_policy: MediaPolicy = DEFAULT_POLICY,
         attn_implementation: str | None = None,
         reuse_prefix: bool = True,
+        max_padding: float = DEFAULT_MAX_PADDING,
     ) -> None:
         self.profile = get_profile(profile)
         name = model or os.environ.get("LYCHEE_MODEL") or self.profile.default_model
@@ -212,6 +215,7 @@ class LocalReranker(BaseReranker):
             max_batch_tokens=max_batch_tokens,
             media_policy=media_policy,
             reuse_prefix=reuse_prefix,
+            max_padding=max_padding,
         )
 
     @property

@@ -106,7 +106,7 @@ def test_pair_scores_the_same_alone_in_any_batch_and_any_order(
     query = queries["text+image"]
     # A small token budget forces many batches of different compositions and padding widths.
     small_batches = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=300)
-    large_batches = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000)
+    large_batches = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000, max_padding=1.0)
     together = large_batches.score(query, documents)
     assert large_batches.engine.stats.batches == 1
     assert small_batches.score(query, documents) == pytest.approx(together, abs=1e-5)
@@ -135,10 +135,10 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(
     tiny_model_dir: Path, queries: dict[str, Query], image_files: list[Path]
 ) -> None:
     documents = mixed_documents(image_files)
-    healthy = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000)
+    healthy = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000, max_padding=1.0)
     expected = healthy.score(queries["text+image"], documents)
 
-    flaky = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000)
+    flaky = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000, max_padding=1.0)
     batch_sizes_tried: list[int] = []
 
     def fail_above_three_rows(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
@@ -243,6 +243,16 @@ def test_engine_batching_packs_by_token_budget() -> None:
     # Longest first, and a pair longer than the budget still gets scored, alone.
     assert batches[0] == [2]
     assert pack_batches([500], max_batch_tokens=60) == [[0]]
+
+
+def test_batches_never_pad_a_pair_by_more_than_max_padding() -> None:
+    lengths = [100, 95, 81, 79, 40, 33, 32, 10]
+    batches = pack_batches(lengths, max_batch_tokens=10_000, max_padding=0.2)
+    assert batches == [[0, 1, 2], [3], [4, 5, 6], [7]]
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert all(lengths[i] >= 0.8 * width for i in batch)
+    assert pack_batches(lengths, max_batch_tokens=10_000, max_padding=1.0) == [[0, 1, 2, 3, 4, 5, 6, 7]]
 
 
 @pytest.mark.parametrize("query_kind", ["text", "image", "text+image"])
