@@ -23,6 +23,7 @@ every image is encoded on its own.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import OrderedDict
@@ -204,19 +205,60 @@ class ScoringEngine:
             images, query_key, document_keys = self._prepare_images(query, documents)
             pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
             prefix = self._run_prefix(pairs, images) if self.reuse_prefix and len(pairs) > 1 else None
-            skip = prefix.length if prefix else 0
-            scores = [0.0] * len(pairs)
-            for batch in pack_batches(
-                [len(pair) - skip for pair in pairs], self.max_batch_tokens, max_padding=self.max_padding
-            ):
-                members = [pairs[i] for i in batch]
-                for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
-                    scores[pair.index] = value
-            self.stats.pairs += len(pairs)
-            self.stats.tokens += sum(len(pair) for pair in pairs)
             if prefix:
                 self.stats.prefix_tokens_reused += prefix.length * (len(pairs) - 1)
-            return scores
+            return self._score_pairs(pairs, images, prefix)
+
+    def score_groups(self, groups: Sequence[tuple[Query, Sequence[Document], str | None]]) -> list[list[float]]:
+        """Scores several (query, documents, instruction) requests in shared batches.
+
+        This is how a server merges small concurrent requests with *different* queries into the same
+        forward passes. Each pair is run whole (a shared prefix exists only within one query), so for one
+        large request :meth:`score` is the better call. Scores equal :meth:`score`'s for each group.
+
+        Raises:
+            InvalidInputError: Some group cannot be scored; the message names ``request k: document i``.
+        """
+        if len(groups) == 1:
+            return [self.score(*groups[0])]
+        with self._lock:
+            pairs: list[_Pair] = []
+            images: dict[str, _PreparedImage] = {}
+            bounds = [0]
+            for number, (query, documents, instruction) in enumerate(groups):
+                if not documents:
+                    bounds.append(len(pairs))
+                    continue
+                try:
+                    prepared, query_key, document_keys = self._prepare_images(query, documents)
+                    images.update(prepared)
+                    encoded = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
+                except ImageError as error:
+                    raise error.located(f"request {number}") from error
+                except InvalidInputError as error:
+                    raise InvalidInputError(f"request {number}: {error}") from error
+                for pair in encoded:
+                    pair.index += bounds[-1]
+                pairs.extend(encoded)
+                bounds.append(len(pairs))
+            scores = self._score_pairs(pairs, images, None) if pairs else []
+            return [scores[start:end] for start, end in itertools.pairwise(bounds)]
+
+    def _score_pairs(
+        self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
+    ) -> list[float]:
+        """Packs ``pairs`` into batches and scores them; results by ``pair.index``."""
+        skip = prefix.length if prefix else 0
+        scores = [0.0] * len(pairs)
+        for batch in pack_batches(
+            [len(pair) - skip for pair in pairs], self.max_batch_tokens, max_padding=self.max_padding
+        ):
+            members = [pairs[i] for i in batch]
+            for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
+                scores[pair.index] = value
+        self.stats.pairs += len(pairs)
+        self.stats.tokens += sum(len(pair) for pair in pairs)
+        return scores
 
     def clear_caches(self) -> None:
         """Forgets decoded images and cached vision-tower outputs."""

@@ -290,3 +290,27 @@ def test_shared_prefix_holds_the_query_image_but_never_a_document_image(
     assert scores == pytest.approx(expected, abs=1e-4)
     assert scores[0] == pytest.approx(scores[2], abs=1e-6)
     assert scores[0] != pytest.approx(scores[1], abs=1e-4)
+
+
+def test_score_groups_equals_scoring_each_request_alone(
+    tiny_model_dir: Path, queries: dict[str, Query], image_files: list[Path]
+) -> None:
+    reranker = LocalReranker(model=str(tiny_model_dir), device="cpu")
+    documents = mixed_documents(image_files)
+    groups = [
+        (queries["text"], documents[:5], None),
+        (queries["image"], documents[5:9], "ecommerce"),
+        (queries["text+image"], [], None),
+        (queries["chinese"], documents[9:], "Find the matching product"),
+    ]
+    together = reranker.engine.score_groups(groups)
+    alone = [reranker.engine.score(query, docs, instruction) for query, docs, instruction in groups]
+    assert [len(scores) for scores in together] == [5, 4, 0, 9]
+    for merged, single in zip(together, alone, strict=True):
+        assert merged == pytest.approx(single, abs=1e-5)
+
+
+def test_score_groups_names_the_request_with_bad_input(tiny_reranker: LocalReranker) -> None:
+    groups = [(Query("q"), [Document("a")], None), (Query("q"), [Document("b"), Document(image=b"junk")], None)]
+    with pytest.raises(InvalidInputError, match=r"^request 1: document 1: "):
+        tiny_reranker.engine.score_groups(groups)

@@ -192,6 +192,25 @@ async def test_concurrent_requests_are_merged_and_equal_sequential_results(servi
         assert merged == pytest.approx(single, abs=1e-6)
 
 
+async def test_concurrent_requests_with_different_queries_share_engine_calls(service: Any) -> None:
+    requests = [(f"query number {i}", [f"doc {i} {j}" for j in range(3)]) for i in range(8)]
+    async with httpx.AsyncClient(base_url=service.url, timeout=60) as http:
+        sequential = [
+            (await http.post("/v1/rerank", json={"query": query, "documents": docs})).json() for query, docs in requests
+        ]
+        stats = service.app.state.scheduler.stats
+        calls_before, merged_before = stats.engine_calls, stats.merged_requests
+        answers = await asyncio.gather(
+            *(http.post("/v1/rerank", json={"query": query, "documents": docs}) for query, docs in requests)
+        )
+    assert stats.engine_calls - calls_before < len(requests)  # different queries, shared forward passes
+    assert stats.merged_requests > merged_before
+    for answer, alone in zip(answers, sequential, strict=True):
+        merged = {r["index"]: r["relevance_score"] for r in answer.json()["results"]}
+        single = {r["index"]: r["relevance_score"] for r in alone["results"]}
+        assert merged == pytest.approx(single, abs=1e-5)
+
+
 class _GatedEngine:
     """The real engine behind a gate the test opens, so requests can be made to wait."""
 

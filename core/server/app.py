@@ -61,6 +61,7 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
     metrics = ServiceMetrics(lambda: scheduler_box[0].depth if scheduler_box else 0)
     scheduler = Scheduler(
         score or engine.score,
+        score_groups=None if score else engine.score_groups,
         max_queue=settings.max_queue,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,

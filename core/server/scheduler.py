@@ -7,8 +7,9 @@ query's prefix computation and batches. Each request has a :class:`concurrent.fu
 cancelled before its turn (client gone, timeout) is skipped. A full queue refuses at once
 (:class:`QueueFullError`), which the service answers 429 with Retry-After.
 
-The engine scores one query per call; merging requests with *different* queries into one forward pass
-needs an engine API that takes several (query, documents) groups (see the server's notes).
+Small requests with *different* queries are merged too, through ``score_groups`` (the engine's): their
+pairs share batches and forward passes. A group of ``MIN_PREFIX_DOCUMENTS`` or more documents is scored
+on its own instead, where reusing its query prefix saves more than sharing batches would.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 ScoreFunction = Callable[[Query, list[Document], "str | None"], list[float]]
 """Scores one query against documents: the engine's ``score``."""
+
+GroupsFunction = Callable[[list[tuple[Query, list[Document], "str | None"]]], list[list[float]]]
+"""Scores several (query, documents, instruction) groups in shared batches: the engine's ``score_groups``."""
+
+MIN_PREFIX_DOCUMENTS = 8  # from this many documents, a request's own prefix reuse beats sharing batches
 
 IMAGE_TOKEN_ESTIMATE = 256  # what one image adds to a pair, for budgeting only
 
@@ -90,6 +96,7 @@ class Scheduler:
 
     Args:
         score: The engine call, ``score(query, documents, instruction) -> scores``.
+        score_groups: Scores several small groups in shared batches; without it each group is one call.
         max_queue: Requests allowed to wait; more raise :class:`QueueFullError`.
         max_batch_tokens: Estimated tokens merged into one round.
         max_wait_ms: How long to wait for more requests once one is there.
@@ -101,6 +108,7 @@ class Scheduler:
         self,
         score: ScoreFunction,
         *,
+        score_groups: GroupsFunction | None = None,
         max_queue: int = 256,
         max_batch_tokens: int = 16384,
         max_wait_ms: float = 5.0,
@@ -108,6 +116,7 @@ class Scheduler:
         on_dropped: Callable[[int], None] | None = None,
     ) -> None:
         self._score = score
+        self._score_groups = score_groups
         self.max_queue = max_queue
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000
@@ -219,6 +228,11 @@ class Scheduler:
             groups: dict[Hashable, list[_Job]] = {}
             for job in live:
                 groups.setdefault(_group_key(job), []).append(job)
+            small = [
+                key for key, jobs in groups.items() if sum(len(job.documents) for job in jobs) < MIN_PREFIX_DOCUMENTS
+            ]
+            if self._score_groups is not None and len(small) > 1:
+                self._score_together([groups.pop(key) for key in small], self._score_groups)
             for jobs in groups.values():
                 self._score_group(jobs)
             elapsed = time.monotonic() - started
@@ -245,6 +259,28 @@ class Scheduler:
             job.future.set_result(scores[start : start + len(job.documents)])
             start += len(job.documents)
             self.stats.completed += 1
+
+    def _score_together(self, groups: list[list[_Job]], score_groups: GroupsFunction) -> None:
+        """Scores several small groups in one engine call; on an error, each group alone places it."""
+        requests = [(jobs[0].query, [d for job in jobs for d in job.documents], jobs[0].instruction) for jobs in groups]
+        try:
+            self.stats.engine_calls += 1
+            results = score_groups(requests)
+        except Exception:
+            for jobs in groups:
+                self._score_group(jobs)
+            return
+        documents = sum(len(request[1]) for request in requests)
+        self.stats.documents += documents
+        if self._on_round is not None:
+            self._on_round(documents)
+        for jobs, scores in zip(groups, results, strict=True):
+            self.stats.merged_requests += len(jobs)
+            start = 0
+            for job in jobs:
+                job.future.set_result(scores[start : start + len(job.documents)])
+                start += len(job.documents)
+                self.stats.completed += 1
 
     def _call(self, query: Query, documents: list[Document], instruction: str | None) -> list[float]:
         self.stats.engine_calls += 1
