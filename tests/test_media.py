@@ -323,7 +323,7 @@ def test_decompression_bomb_is_refused_quickly_without_allocating_pixels(bomb_pn
     assert reason == "too_many_pixels"
     assert "10000000" in message
     assert "smaller image" in message
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 5  # the memory check below is the sharp one
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
     assert grown_kib < 100 * 1024  # decoding would take 400 MB
 
@@ -396,7 +396,7 @@ def test_local_file_over_the_cap_is_refused_quickly(tmp_path: Path) -> None:
         file.truncate(4 * 1024**3)  # sparse: reading it would take seconds and 4 GB
     started = time.perf_counter()
     assert reason_of(lambda: load_image(huge))[0] == "too_many_bytes"
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 1.5
 
 
 def test_restrictive_policy_does_not_reveal_which_files_exist_outside_the_roots(
@@ -448,11 +448,20 @@ def test_loopback_url_is_forbidden_by_default_and_allowed_when_private_urls_are(
     ],
 )
 def test_non_public_addresses_are_refused_without_connecting(server: Server, url: str) -> None:
-    server.routes["/a.png"] = serve_image
+    requests_seen: list[str] = []
+
+    def record(handler: BaseHTTPRequestHandler) -> None:
+        requests_seen.append(handler.path)
+        serve_image(handler)
+
+    server.routes["/a.png"] = record
     started = time.perf_counter()
-    reason, _ = reason_of(lambda: load_image(url.format(port=server.port), MediaPolicy(fetch_timeout_s=5)))
+    reason, _ = reason_of(lambda: load_image(url.format(port=server.port), MediaPolicy(fetch_timeout_s=30)))
     assert reason == "forbidden"
-    assert time.perf_counter() - started < 0.5  # a connection attempt to 10.1.2.3 would hang until timeout
+    assert requests_seen == []  # the loopback forms never reached the local server
+    # An attempt to reach 10.1.2.3 or the metadata address would hang until the 30 s fetch timeout; the
+    # bound is far from both that and the refusal's real cost, so a loaded machine cannot make it flaky.
+    assert time.perf_counter() - started < 15
 
 
 def test_urls_are_refused_when_the_policy_disallows_them(server: Server) -> None:
