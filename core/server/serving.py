@@ -22,7 +22,7 @@ from lychee_rerank.core.errors import ImageError, InvalidInputError
 from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.media import MediaPolicy, read_image_bytes
 from lychee_rerank.core.profiles import resolve_instruction
-from lychee_rerank.core.reranker import BaseReranker, RerankResult, check_rerank_options, rank
+from lychee_rerank.core.reranker import BaseReranker
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import Content
 from lychee_rerank.core.server.scheduler import QueueFullError, Scheduler, SchedulerClosedError
@@ -243,21 +243,6 @@ class ScheduledReranker(BaseReranker):
         if watcher is not None and watcher in done:
             raise ServiceError(499, "client_closed", "the client disconnected")
         raise _timeout(self.timeout_s)
-
-    async def arerank(
-        self,
-        query: QueryLike,
-        documents: Sequence[DocumentLike],
-        *,
-        top_n: int | None = None,
-        instruction: str | None = None,
-        min_score: float | None = None,
-    ) -> list[RerankResult]:
-        """``rerank`` through the scheduler without a thread."""
-        check_rerank_options(top_n, min_score)
-        parsed = as_documents(documents)
-        scores = await self.ascore(query, parsed, instruction=instruction)
-        return rank(parsed, scores, top_n=top_n, min_score=min_score)
 
 
 def _is_url(image: object) -> bool:
