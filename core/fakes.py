@@ -15,7 +15,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from lychee_rerank.core.inputs import DocumentLike, QueryLike
+from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.reranker import BaseReranker
 
 
@@ -55,3 +55,42 @@ class SlowReranker(BaseReranker):
         """Sleeps ``delay_s`` on the event loop, then answers."""
         await asyncio.sleep(self.delay_s)
         return [self.fixed_score] * len(documents)
+
+
+class TableReranker(BaseReranker):
+    """Scores each document by looking its text up in ``table``, and records every call.
+
+    Args:
+        table: Document text → score.
+        default: The score of a text missing from the table; ``None`` makes a missing text a KeyError.
+        error: Raised by every call instead of scoring (after recording it), to test failure paths.
+        delay_s: Blocks this long before answering, to test timeouts.
+    """
+
+    def __init__(
+        self,
+        table: dict[str, float],
+        *,
+        default: float | None = None,
+        error: BaseException | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
+        self.table = table
+        self.default = default
+        self.error = error
+        self.delay_s = delay_s
+        self.calls: list[tuple[Query, list[Document], str | None]] = []
+
+    def score(
+        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
+    ) -> list[float]:
+        """Records the call, then answers from the table (or waits, or raises, as configured)."""
+        parsed = as_documents(documents)
+        self.calls.append((as_query(query), parsed, instruction))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        if self.default is None:
+            return [self.table[document.text or ""] for document in parsed]
+        return [self.table.get(document.text or "", self.default) for document in parsed]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,8 @@ from lychee_rerank.adapters.elasticsearch import (
     AsyncElasticsearchRescorer,
     ElasticsearchRescorer,
 )
-from lychee_rerank.core import BaseReranker, Document, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
+from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
+from lychee_rerank.core.fakes import TableReranker
 
 # First-stage scores descend; the stub's rerank scores are dyadic so hand-computed sums are exact.
 CORPUS = [
@@ -52,25 +50,9 @@ EXPECTED_WINDOW = {
 AFTER_WINDOW = [("d4", 0.5), ("d5", 0.25)]  # original * query_weight, behind the window
 
 
-class StubReranker(BaseReranker):
-    """Scores a document by its text in a table; records each call; may fail or stall."""
-
-    def __init__(self, table: dict[str, float] | None = None, error: BaseException | None = None) -> None:
-        self.table = RERANK if table is None else table
-        self.error = error
-        self.delay_s = 0.0
-        self.calls: list[tuple[Query, list[Document], str | None]] = []
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        parsed = as_documents(documents)
-        self.calls.append((as_query(query), parsed, instruction))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.error is not None:
-            raise self.error
-        return [self.table[document.text or ""] for document in parsed]
+def stub_reranker(table: dict[str, float] | None = None, error: BaseException | None = None) -> TableReranker:
+    """Scores a document by its title/body text in ``RERANK``; records each call; may fail or stall."""
+    return TableReranker(RERANK if table is None else table, error=error)
 
 
 class FakeCluster:
@@ -153,12 +135,12 @@ def cluster() -> FakeCluster:
 
 
 @pytest.fixture
-def stub() -> StubReranker:
-    return StubReranker()
+def stub() -> TableReranker:
+    return stub_reranker()
 
 
 @pytest.mark.parametrize("score_mode", list(EXPECTED_WINDOW))
-def test_every_score_mode_combines_as_elasticsearch(cluster: FakeCluster, stub: StubReranker, score_mode: str) -> None:
+def test_every_score_mode_combines_as_elasticsearch(cluster: FakeCluster, stub: TableReranker, score_mode: str) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     block = {"window_size": 3, "lychee": {**BLOCK["lychee"], "score_mode": score_mode}}
     response = rescorer.search(index="docs", query=QUERY, rescore=block)
@@ -176,7 +158,7 @@ def test_every_score_mode_combines_as_elasticsearch(cluster: FakeCluster, stub: 
     assert [document.text for document in documents] == ["alpha", "beta", "gamma"]
 
 
-def test_request_sent_is_the_users_search_grown_to_the_window(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_request_sent_is_the_users_search_grown_to_the_window(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",), window_size=4)
     body = {"query": QUERY, "size": 2, "from": 1, "aggs": {"prices": {"max": {"field": "price"}}}}
     rescorer.search(index="docs", body=body, routing="r1")
@@ -187,14 +169,14 @@ def test_request_sent_is_the_users_search_grown_to_the_window(cluster: FakeClust
     assert body == {"query": QUERY, "size": 2, "from": 1, "aggs": {"prices": {"max": {"field": "price"}}}}
 
 
-def test_server_side_rescore_entries_are_forwarded(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_server_side_rescore_entries_are_forwarded(cluster: FakeCluster, stub: TableReranker) -> None:
     native = {"window_size": 20, "query": {"rescore_query": {"match_phrase": {"body": "x"}}}}
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     rescorer.search(index="docs", query=QUERY, rescore=[native, BLOCK])
     assert cluster.requests[0][2] == {"query": QUERY, "size": 10, "rescore": [native]}
 
 
-def test_window_larger_than_total_hits_reranks_them_all(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_window_larger_than_total_hits_reranks_them_all(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",), window_size=50)
     response = rescorer.search(index="docs", query=QUERY, size=10)
     assert cluster.requests[0][2]["size"] == 50
@@ -203,7 +185,7 @@ def test_window_larger_than_total_hits_reranks_them_all(cluster: FakeCluster, st
     assert all(hit[HIT_KEY]["rerank_score"] is not None for hit in response["hits"]["hits"])
 
 
-def test_from_and_size_page_inside_the_window(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_from_and_size_page_inside_the_window(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, from_=1, size=1, rescore=BLOCK)
     assert cluster.requests[0][2]["size"] == 3
@@ -211,7 +193,7 @@ def test_from_and_size_page_inside_the_window(cluster: FakeCluster, stub: StubRe
     assert response["hits"]["max_score"] == 4.5  # of the whole rescored list, not of the page
 
 
-def test_page_past_the_window_keeps_first_stage_hits_behind_it(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_page_past_the_window_keeps_first_stage_hits_behind_it(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, from_=2, size=3, rescore=BLOCK)
     assert cluster.requests[0][2]["size"] == 5  # from + size, beyond the window of 3
@@ -220,7 +202,7 @@ def test_page_past_the_window_keeps_first_stage_hits_behind_it(cluster: FakeClus
     assert len(stub.calls[0][1]) == 3
 
 
-def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: StubReranker) -> None:
+def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: TableReranker) -> None:
     corpus = [
         {"_id": "a", "_score": 1.0, "_source": {"title": "alpha"}},
         {"_id": "b", "_score": 1.0, "_source": {"title": "beta"}},
@@ -233,14 +215,14 @@ def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: StubRera
     assert _ids_and_scores(response) == [("a", 0.25), ("b", 1.0)]
 
 
-def test_page_beyond_all_hits_is_empty(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_page_beyond_all_hits_is_empty(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, from_=8, size=5, rescore=BLOCK)
     assert response["hits"]["hits"] == []
     assert response["hits"]["total"]["value"] == 5
 
 
-def test_no_hits_never_calls_the_reranker(stub: StubReranker) -> None:
+def test_no_hits_never_calls_the_reranker(stub: TableReranker) -> None:
     cluster = FakeCluster([])
     response = ElasticsearchRescorer(sync_client(cluster), stub).search(index="docs", query=QUERY)
     assert response["hits"]["hits"] == []
@@ -248,7 +230,7 @@ def test_no_hits_never_calls_the_reranker(stub: StubReranker) -> None:
     assert stub.calls == []
 
 
-def test_source_includes_are_widened_and_rerank_fields_stripped(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_source_includes_are_widened_and_rerank_fields_stripped(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, source=["price"], rescore=BLOCK)
     assert cluster.requests[0][2]["_source"] == {"includes": ["price", "title"]}
@@ -262,7 +244,7 @@ def test_source_includes_are_widened_and_rerank_fields_stripped(cluster: FakeClu
     assert [document.text for document in stub.calls[0][1]] == ["alpha", "beta", "gamma"]
 
 
-def test_source_excludes_of_a_rerank_field_are_lifted_then_applied(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_source_excludes_of_a_rerank_field_are_lifted_then_applied(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     body = {"query": QUERY, "_source": {"excludes": ["title", "body"]}, "rescore": BLOCK}
     response = rescorer.search(index="docs", body=body)
@@ -270,7 +252,7 @@ def test_source_excludes_of_a_rerank_field_are_lifted_then_applied(cluster: Fake
     assert response["hits"]["hits"][0]["_source"] == {"price": 20}
 
 
-def test_source_false_fetches_only_rerank_fields_and_returns_none(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_source_false_fetches_only_rerank_fields_and_returns_none(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",), window_size=3)
     response = rescorer.search(index="docs", query=QUERY, source=False)
     assert cluster.requests[0][2]["_source"] == {"includes": ["title"]}
@@ -278,7 +260,7 @@ def test_source_false_fetches_only_rerank_fields_and_returns_none(cluster: FakeC
     assert _ids_and_scores(response) == [("d1", 4.25), ("d2", 3.75), ("d3", 2.875), ("d4", 1.0), ("d5", 0.5)]
 
 
-def test_source_filter_covering_rerank_fields_is_sent_unchanged(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_source_filter_covering_rerank_fields_is_sent_unchanged(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, source_includes="title,price", rescore=BLOCK)
     assert cluster.requests[0][2]["_source"] == {"includes": ["title", "price"]}
@@ -286,7 +268,7 @@ def test_source_filter_covering_rerank_fields_is_sent_unchanged(cluster: FakeClu
 
 
 def test_text_template_and_rerank_query_and_instruction(cluster: FakeCluster) -> None:
-    stub = StubReranker({f"{h['_source']['title']}: {h['_source']['body']}": 0.5 for h in CORPUS})
+    stub = stub_reranker({f"{h['_source']['title']}: {h['_source']['body']}": 0.5 for h in CORPUS})
     rescorer = ElasticsearchRescorer(
         sync_client(cluster), stub, text_template="{title}: {body}", instruction="ecommerce", window_size=2
     )
@@ -297,7 +279,7 @@ def test_text_template_and_rerank_query_and_instruction(cluster: FakeCluster) ->
     assert instruction == "ecommerce"
 
 
-def test_query_without_a_simple_text_needs_rerank_query(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_query_without_a_simple_text_needs_rerank_query(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     two_texts = {"bool": {"should": [{"match": {"title": "a"}}, {"match": {"body": "b"}}]}}
     with pytest.raises(InvalidInputError, match="rerank_query="):
@@ -307,7 +289,7 @@ def test_query_without_a_simple_text_needs_rerank_query(cluster: FakeCluster, st
 
 @pytest.mark.parametrize("sort", ["price", [{"price": "asc"}], [{"_score": "asc"}], ["_score", "price"]])
 def test_sort_other_than_score_is_refused_with_elasticsearchs_message(
-    cluster: FakeCluster, stub: StubReranker, sort: Any
+    cluster: FakeCluster, stub: TableReranker, sort: Any
 ) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub)
     with pytest.raises(InvalidInputError) as raised:
@@ -316,13 +298,13 @@ def test_sort_other_than_score_is_refused_with_elasticsearchs_message(
     assert cluster.requests == []
 
 
-def test_sort_by_score_is_accepted(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_sort_by_score_is_accepted(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     response = rescorer.search(index="docs", query=QUERY, sort=[{"_score": {"order": "desc"}}], rescore=BLOCK)
     assert response["hits"]["hits"][0]["_id"] == "d2"
 
 
-def test_bad_rescore_options_are_refused_before_searching(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_bad_rescore_options_are_refused_before_searching(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub)
     with pytest.raises(InvalidInputError, match="score_mode must be one of total, multiply, avg, max, min"):
         rescorer.search(index="docs", query=QUERY, rescore={"lychee": {"score_mode": "sum"}})
@@ -338,7 +320,7 @@ def test_bad_rescore_options_are_refused_before_searching(cluster: FakeCluster, 
 def test_fail_open_keeps_first_stage_order_flagged_and_logged(
     cluster: FakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stub = StubReranker(error=ConnectionRefusedError("rerank service down"))
+    stub = stub_reranker(error=ConnectionRefusedError("rerank service down"))
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     with caplog.at_level(logging.WARNING):
         response = rescorer.search(index="docs", query=QUERY, size=2, source=["price"], rescore=BLOCK)
@@ -352,13 +334,13 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
 
 
 def test_fail_closed_raises_the_rerankers_error(cluster: FakeCluster) -> None:
-    stub = StubReranker(error=ConnectionRefusedError("rerank service down"))
+    stub = stub_reranker(error=ConnectionRefusedError("rerank service down"))
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, fail_open=False)
     with pytest.raises(ConnectionRefusedError, match="rerank service down"):
         rescorer.search(index="docs", query=QUERY)
 
 
-def test_timeout_falls_back_to_first_stage_order(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_timeout_falls_back_to_first_stage_order(cluster: FakeCluster, stub: TableReranker) -> None:
     stub.delay_s = 1.0
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",), timeout_s=0.05)
     response = rescorer.search(index="docs", query=QUERY, size=3)
@@ -366,7 +348,7 @@ def test_timeout_falls_back_to_first_stage_order(cluster: FakeCluster, stub: Stu
     assert "timeout_s=0.05" in response[RESPONSE_KEY]["error"]
 
 
-def test_invalid_image_field_raises_even_when_failing_open(stub: StubReranker) -> None:
+def test_invalid_image_field_raises_even_when_failing_open(stub: TableReranker) -> None:
     cluster = FakeCluster([{"_id": "x", "_score": 1.0, "_source": {"title": "alpha", "image": 42}}])
     rescorer = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",), image_field="image")
     with pytest.raises(InvalidInputError, match="image"):
@@ -401,7 +383,7 @@ class BodyClient(DictClient):
 
 @pytest.mark.parametrize("client_class", [DictClient, BodyClient])
 def test_plain_dict_and_body_attribute_responses_both_work(
-    cluster: FakeCluster, stub: StubReranker, client_class: type[DictClient]
+    cluster: FakeCluster, stub: TableReranker, client_class: type[DictClient]
 ) -> None:
     client = client_class(cluster)
     rescorer = ElasticsearchRescorer(client, stub, text_fields=("title",))  # type: ignore[arg-type]
@@ -410,7 +392,7 @@ def test_plain_dict_and_body_attribute_responses_both_work(
     assert client.calls == [{"index": "docs", "body": {"query": QUERY, "size": 10}}]  # from + size > window
 
 
-def test_real_client_object_api_response_is_unwrapped(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_real_client_object_api_response_is_unwrapped(cluster: FakeCluster, stub: TableReranker) -> None:
     client = sync_client(cluster)
     raw = client.search(index="docs", query=QUERY)
     # elasticsearch-py 8.x and 9.x both return an ObjectApiResponse: the dict is its .body, beside .meta.
@@ -420,13 +402,13 @@ def test_real_client_object_api_response_is_unwrapped(cluster: FakeCluster, stub
     assert type(response) is dict
 
 
-def test_sync_rescorer_refuses_an_async_client(cluster: FakeCluster, stub: StubReranker) -> None:
+def test_sync_rescorer_refuses_an_async_client(cluster: FakeCluster, stub: TableReranker) -> None:
     rescorer = ElasticsearchRescorer(async_client(cluster), stub)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Async"):
         rescorer.search(index="docs", query=QUERY)
 
 
-async def test_async_client_rescores_the_same_way(cluster: FakeCluster, stub: StubReranker) -> None:
+async def test_async_client_rescores_the_same_way(cluster: FakeCluster, stub: TableReranker) -> None:
     client = async_client(cluster)
     rescorer = AsyncElasticsearchRescorer(client, stub, text_fields=("title",))
     block = {"window_size": 3, "lychee": {**BLOCK["lychee"], "score_mode": "max"}}
@@ -438,7 +420,7 @@ async def test_async_client_rescores_the_same_way(cluster: FakeCluster, stub: St
 
 
 async def test_async_fail_open_and_fail_closed(cluster: FakeCluster) -> None:
-    stub = StubReranker(error=ConnectionResetError("reset"))
+    stub = stub_reranker(error=ConnectionResetError("reset"))
     client = async_client(cluster)
     response = await AsyncElasticsearchRescorer(client, stub, text_fields=("title",)).search(
         index="docs", query=QUERY, size=2

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,8 +22,8 @@ from lychee_rerank.adapters.opensearch import (
     AsyncOpenSearchRescorer,
     OpenSearchRescorer,
 )
-from lychee_rerank.core import BaseReranker, Document, InvalidInputError, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
+from lychee_rerank.core import InvalidInputError
+from lychee_rerank.core.fakes import TableReranker
 
 CORPUS = [
     {"_id": "d1", "_score": 4.0, "_source": {"title": "alpha", "body": "first", "price": 10}},
@@ -48,21 +47,9 @@ EXPECTED = {
 }
 
 
-class StubReranker(BaseReranker):
-    """Scores a document by its text in a table; records each call; may fail."""
-
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
-        self.calls: list[tuple[Query, list[Document]]] = []
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        parsed = as_documents(documents)
-        self.calls.append((as_query(query), parsed))
-        if self.error is not None:
-            raise self.error
-        return [RERANK[document.text or ""] for document in parsed]
+def stub_reranker(error: BaseException | None = None) -> TableReranker:
+    """Scores a document by its text in ``RERANK``; records each call; may fail."""
+    return TableReranker(RERANK, error=error)
 
 
 class FakeCluster:
@@ -133,7 +120,7 @@ def cluster() -> FakeCluster:
 
 @pytest.mark.parametrize("score_mode", list(EXPECTED))
 def test_every_score_mode_combines_as_the_query_rescorer(cluster: FakeCluster, score_mode: str) -> None:
-    stub = StubReranker()
+    stub = stub_reranker()
     rescorer = OpenSearchRescorer(sync_client(cluster), stub, text_fields=("title",))
     body = {"query": QUERY, "rescore": {"window_size": 3, "lychee": {**BLOCK["lychee"], "score_mode": score_mode}}}
     response = rescorer.search(index="docs", body=body)
@@ -144,7 +131,7 @@ def test_every_score_mode_combines_as_the_query_rescorer(cluster: FakeCluster, s
 
 
 def test_request_body_sent_is_the_users_search_grown_to_the_window(cluster: FakeCluster) -> None:
-    rescorer = OpenSearchRescorer(sync_client(cluster), StubReranker(), text_fields=("title",), window_size=4)
+    rescorer = OpenSearchRescorer(sync_client(cluster), stub_reranker(), text_fields=("title",), window_size=4)
     body = {"query": QUERY, "size": 2, "from": 1, "track_total_hits": True}
     rescorer.search(index="docs", body=body, routing="r1")
     [(method, url, params, sent)] = cluster.requests
@@ -155,7 +142,7 @@ def test_request_body_sent_is_the_users_search_grown_to_the_window(cluster: Fake
 
 
 def test_paging_inside_and_past_the_window(cluster: FakeCluster) -> None:
-    rescorer = OpenSearchRescorer(sync_client(cluster), StubReranker(), text_fields=("title",))
+    rescorer = OpenSearchRescorer(sync_client(cluster), stub_reranker(), text_fields=("title",))
     inside = rescorer.search(index="docs", body={"query": QUERY, "from": 1, "size": 2, "rescore": BLOCK})
     assert _ids_and_scores(inside) == [("d3", 4.5), ("d1", 3.0)]
     past = rescorer.search(index="docs", body={"query": QUERY, "from": 2, "size": 3, "rescore": BLOCK})
@@ -165,7 +152,7 @@ def test_paging_inside_and_past_the_window(cluster: FakeCluster) -> None:
 
 
 def test_window_larger_than_total_hits(cluster: FakeCluster) -> None:
-    rescorer = OpenSearchRescorer(sync_client(cluster), StubReranker(), text_fields=("title",), window_size=100)
+    rescorer = OpenSearchRescorer(sync_client(cluster), stub_reranker(), text_fields=("title",), window_size=100)
     response = rescorer.search(index="docs", body={"query": QUERY, "size": 2})
     assert cluster.requests[0][3]["size"] == 100
     assert _ids_and_scores(response) == [("d1", 4.25), ("d2", 3.75)]
@@ -181,7 +168,7 @@ def test_window_larger_than_total_hits(cluster: FakeCluster) -> None:
     ],
 )
 def test_source_filters_are_honoured(cluster: FakeCluster, source: Any, sent: Any, returned: Any) -> None:
-    rescorer = OpenSearchRescorer(sync_client(cluster), StubReranker(), text_fields=("title",))
+    rescorer = OpenSearchRescorer(sync_client(cluster), stub_reranker(), text_fields=("title",))
     response = rescorer.search(index="docs", body={"query": QUERY, "_source": source, "rescore": BLOCK})
     assert cluster.requests[0][3]["_source"] == sent
     first = response["hits"]["hits"][0]
@@ -190,7 +177,7 @@ def test_source_filters_are_honoured(cluster: FakeCluster, source: Any, sent: An
 
 
 def test_sort_other_than_score_is_refused(cluster: FakeCluster) -> None:
-    rescorer = OpenSearchRescorer(sync_client(cluster), StubReranker())
+    rescorer = OpenSearchRescorer(sync_client(cluster), stub_reranker())
     with pytest.raises(InvalidInputError) as raised:
         rescorer.search(index="docs", body={"query": QUERY, "sort": [{"price": {"order": "desc"}}]})
     assert str(raised.value) == SORT_ERROR
@@ -198,7 +185,7 @@ def test_sort_other_than_score_is_refused(cluster: FakeCluster) -> None:
 
 
 def test_fail_open_and_fail_closed(cluster: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
-    stub = StubReranker(error=ConnectionRefusedError("down"))
+    stub = stub_reranker(error=ConnectionRefusedError("down"))
     with caplog.at_level(logging.WARNING):
         response = OpenSearchRescorer(sync_client(cluster), stub).search(index="docs", body={"query": QUERY, "size": 3})
     assert _ids_and_scores(response) == [("d1", 4.0), ("d2", 3.0), ("d3", 2.0)]
@@ -211,7 +198,7 @@ def test_fail_open_and_fail_closed(cluster: FakeCluster, caplog: pytest.LogCaptu
 
 async def test_async_client_rescores_the_same_way(cluster: FakeCluster) -> None:
     client = async_client(cluster)
-    rescorer = AsyncOpenSearchRescorer(client, StubReranker(), text_fields=("title",))
+    rescorer = AsyncOpenSearchRescorer(client, stub_reranker(), text_fields=("title",))
     body = {"query": QUERY, "size": 4, "_source": ["price"], "rescore": {**BLOCK, "lychee": {"score_mode": "min"}}}
     response = await rescorer.search(index="docs", body=body)
     # min of (original * 1, rerank * 1): d1 0.25, d2 0.75, d3 0.875; d4 keeps 1.0 behind the window.
@@ -223,7 +210,7 @@ async def test_async_client_rescores_the_same_way(cluster: FakeCluster) -> None:
 
 async def test_async_fail_open(cluster: FakeCluster) -> None:
     client = async_client(cluster)
-    stub = StubReranker(error=TimeoutError("slow"))
+    stub = stub_reranker(error=TimeoutError("slow"))
     response = await AsyncOpenSearchRescorer(client, stub).search(index="docs", body={"query": QUERY, "size": 2})
     assert _ids_and_scores(response) == [("d1", 4.0), ("d2", 3.0)]
     assert response[RESPONSE_KEY] == {"reranked": False, "error": "TimeoutError: slow", "window_size": 10}
@@ -231,6 +218,6 @@ async def test_async_fail_open(cluster: FakeCluster) -> None:
 
 
 def test_async_rescorer_refuses_a_sync_client(cluster: FakeCluster) -> None:
-    rescorer = AsyncOpenSearchRescorer(sync_client(cluster), StubReranker())  # type: ignore[arg-type]
+    rescorer = AsyncOpenSearchRescorer(sync_client(cluster), stub_reranker())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="sync"):
         asyncio.run(rescorer.search(index="docs", body={"query": QUERY}))

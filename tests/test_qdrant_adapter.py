@@ -25,8 +25,7 @@ from lychee_rerank.adapters.qdrant import (
     QdrantReranker,
 )
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
-from lychee_rerank.core.reranker import BaseReranker
+from lychee_rerank.core.fakes import TableReranker
 
 COLLECTION = "products"
 TEXTS = [
@@ -83,22 +82,9 @@ def _fill(client: QdrantClient) -> None:
     )
 
 
-class TableReranker(BaseReranker):
-    """A stub reranker: each document's score is looked up by its text; it records what it was asked."""
-
-    def __init__(self, table: dict[str, float] | None = None, error: BaseException | None = None) -> None:
-        self.table = STUB_SCORES if table is None else table
-        self.error = error
-        self.calls: list[tuple[Query, list[Document], str | None]] = []
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        parsed = as_documents(documents)
-        self.calls.append((as_query(query), parsed, instruction))
-        if self.error is not None:
-            raise self.error
-        return [self.table.get(document.text or "", 0.0) for document in parsed]
+def table_reranker(table: dict[str, float] | None = None, error: BaseException | None = None) -> TableReranker:
+    """Scores a document by its text in ``STUB_SCORES`` (0 when absent); records what it was asked."""
+    return TableReranker(STUB_SCORES if table is None else table, default=0.0, error=error)
 
 
 @pytest.fixture
@@ -122,7 +108,7 @@ def _expected(points: Sequence[models.ScoredPoint]) -> list[int]:
 def test_hybrid_rrf_results_are_sorted_by_rerank_score_with_first_stage_score_kept(client: QdrantClient) -> None:
     first = _first_stage(client, 8)
     assert len(first) == 8
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub, window=8).query_points(
         COLLECTION, rerank_query="white shirt", limit=8, **HYBRID
     )
@@ -141,7 +127,7 @@ def test_hybrid_rrf_results_are_sorted_by_rerank_score_with_first_stage_score_ke
 
 
 def test_window_bounds_the_candidates_sent_to_the_reranker(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub, window=3).query_points(COLLECTION, rerank_query="q", limit=3, **HYBRID)
     first = _first_stage(client, 3)
     assert [d.text for d in stub.calls[0][1]] == [p.payload["text"] for p in first]  # type: ignore[index]
@@ -149,33 +135,33 @@ def test_window_bounds_the_candidates_sent_to_the_reranker(client: QdrantClient)
 
 
 def test_limit_and_offset_page_the_reranked_window(client: QdrantClient) -> None:
-    reranker = QdrantReranker(client, TableReranker(), window=8)
+    reranker = QdrantReranker(client, table_reranker(), window=8)
     whole = [p.id for p in reranker.query_points(COLLECTION, rerank_query="q", limit=8, **HYBRID).points]
     page = reranker.query_points(COLLECTION, rerank_query="q", limit=3, offset=2, **HYBRID).points
     assert [p.id for p in page] == whole[2:5]
 
 
 def test_page_past_the_window_is_short_then_empty(client: QdrantClient) -> None:
-    reranker = QdrantReranker(client, TableReranker(), window=4)
+    reranker = QdrantReranker(client, table_reranker(), window=4)
     assert len(reranker.query_points(COLLECTION, rerank_query="q", limit=3, offset=2, **HYBRID).points) == 2
     assert reranker.query_points(COLLECTION, rerank_query="q", limit=3, offset=4, **HYBRID).points == []
 
 
 def test_window_is_never_smaller_than_limit(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub, window=2).query_points(COLLECTION, rerank_query="q", limit=5, **HYBRID)
     assert len(response.points) == 5
     assert len(stub.calls[0][1]) == 5
 
 
 def test_per_call_window_overrides_the_default(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     QdrantReranker(client, stub, window=8).query_points(COLLECTION, rerank_query="q", limit=1, window=2, **HYBRID)
     assert len(stub.calls[0][1]) == 2
 
 
 def test_score_threshold_applies_to_rerank_scores_before_the_page(client: QdrantClient) -> None:
-    reranker = QdrantReranker(client, TableReranker(), window=8)
+    reranker = QdrantReranker(client, table_reranker(), window=8)
     kept = reranker.query_points(COLLECTION, rerank_query="q", limit=8, score_threshold=0.6, **HYBRID).points
     assert [p.score for p in kept] == [0.9, 0.8, 0.7, 0.6]
     # Passed on to Qdrant, the same threshold would have cut the fused first-stage scores instead.
@@ -187,7 +173,7 @@ def test_score_threshold_applies_to_rerank_scores_before_the_page(client: Qdrant
 
 def test_query_filter_restricts_the_candidates(client: QdrantClient) -> None:
     shirts = models.Filter(must=[models.FieldCondition(key="category", match=models.MatchValue(value="shirt"))])
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub).query_points(
         COLLECTION, rerank_query="q", limit=10, query_filter=shirts, **HYBRID
     )
@@ -196,7 +182,7 @@ def test_query_filter_restricts_the_candidates(client: QdrantClient) -> None:
 
 
 def test_plain_dense_query_without_prefetch(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub, window=4).query_points(
         COLLECTION, rerank_query="q", query=_dense(5), using="dense", limit=2
     )
@@ -206,14 +192,14 @@ def test_plain_dense_query_without_prefetch(client: QdrantClient) -> None:
 
 def test_with_payload_true_returns_the_whole_payload_plus_the_first_stage_score(client: QdrantClient) -> None:
     point = (
-        QdrantReranker(client, TableReranker()).query_points(COLLECTION, rerank_query="q", limit=1, **HYBRID).points[0]
+        QdrantReranker(client, table_reranker()).query_points(COLLECTION, rerank_query="q", limit=1, **HYBRID).points[0]
     )
     assert point.payload is not None
     assert set(point.payload) == {"text", "category", "meta", FIRST_STAGE_SCORE_KEY}
 
 
 def test_with_payload_false_returns_only_the_first_stage_score(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     points = (
         QdrantReranker(client, stub)
         .query_points(COLLECTION, rerank_query="q", limit=8, with_payload=False, **HYBRID)
@@ -221,7 +207,7 @@ def test_with_payload_false_returns_only_the_first_stage_score(client: QdrantCli
     )
     assert all(set(p.payload or {}) == {FIRST_STAGE_SCORE_KEY} for p in points)
     assert [p.score for p in points] == sorted(STUB_SCORES.values(), reverse=True)  # text was fetched to rerank
-    bare = QdrantReranker(client, TableReranker(), first_stage_score_key=None).query_points(
+    bare = QdrantReranker(client, table_reranker(), first_stage_score_key=None).query_points(
         COLLECTION, rerank_query="q", limit=2, with_payload=False, **HYBRID
     )
     assert [p.payload for p in bare.points] == [None, None]
@@ -230,7 +216,7 @@ def test_with_payload_false_returns_only_the_first_stage_score(client: QdrantCli
 def test_with_payload_list_strips_fields_fetched_only_for_reranking(client: QdrantClient) -> None:
     asked = ["category"]
     points = (
-        QdrantReranker(client, TableReranker())
+        QdrantReranker(client, table_reranker())
         .query_points(COLLECTION, rerank_query="q", limit=8, with_payload=asked, **HYBRID)
         .points
     )
@@ -242,7 +228,7 @@ def test_with_payload_list_strips_fields_fetched_only_for_reranking(client: Qdra
 def test_with_payload_include_keeps_a_text_field_the_caller_asked_for(client: QdrantClient) -> None:
     selector = models.PayloadSelectorInclude(include=["text"])
     point = (
-        QdrantReranker(client, TableReranker())
+        QdrantReranker(client, table_reranker())
         .query_points(COLLECTION, rerank_query="q", limit=1, with_payload=selector, **HYBRID)
         .points[0]
     )
@@ -252,7 +238,7 @@ def test_with_payload_include_keeps_a_text_field_the_caller_asked_for(client: Qd
 def test_with_payload_exclude_hides_the_text_field_but_still_reranks_by_it(client: QdrantClient) -> None:
     selector = models.PayloadSelectorExclude(exclude=["text", "meta.sku"])
     points = (
-        QdrantReranker(client, TableReranker())
+        QdrantReranker(client, table_reranker())
         .query_points(COLLECTION, rerank_query="q", limit=8, with_payload=selector, **HYBRID)
         .points
     )
@@ -265,7 +251,7 @@ def test_with_payload_exclude_hides_the_text_field_but_still_reranks_by_it(clien
 
 
 def test_nested_text_fields_are_read_and_stripped_by_dotted_path(client: QdrantClient) -> None:
-    stub = TableReranker({f"photo of {text}": score for text, score in STUB_SCORES.items()})
+    stub = table_reranker({f"photo of {text}": score for text, score in STUB_SCORES.items()})
     points = (
         QdrantReranker(client, stub, text_fields=["meta.caption"])
         .query_points(COLLECTION, rerank_query="q", limit=8, with_payload=["meta.sku"], **HYBRID)
@@ -279,7 +265,7 @@ def test_nested_text_fields_are_read_and_stripped_by_dotted_path(client: QdrantC
 
 
 def test_several_text_fields_are_joined_by_newlines(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     QdrantReranker(client, stub, text_fields=["category", "text"]).query_points(
         COLLECTION, rerank_query="q", limit=1, query=_dense(0), using="dense"
     )
@@ -290,7 +276,7 @@ def test_caller_arguments_and_client_results_are_not_changed(client: QdrantClien
     prefetch = [models.Prefetch(query=_dense(1), using="dense", limit=5)]
     where = models.Filter(must_not=[models.FieldCondition(key="category", match=models.MatchValue(value="x"))])
     before = ([p.model_dump() for p in prefetch], where.model_dump())
-    QdrantReranker(client, TableReranker()).query_points(
+    QdrantReranker(client, table_reranker()).query_points(
         COLLECTION,
         rerank_query="q",
         limit=3,
@@ -304,14 +290,14 @@ def test_caller_arguments_and_client_results_are_not_changed(client: QdrantClien
 
 def test_empty_result_returns_at_once_without_calling_the_reranker(client: QdrantClient) -> None:
     nothing = models.Filter(must=[models.FieldCondition(key="category", match=models.MatchValue(value="none"))])
-    stub = TableReranker()
+    stub = table_reranker()
     response = QdrantReranker(client, stub).query_points(COLLECTION, rerank_query="q", query_filter=nothing, **HYBRID)
     assert response.points == []
     assert stub.calls == []
 
 
 def test_instruction_from_the_constructor_and_overridden_per_call(client: QdrantClient) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     reranker = QdrantReranker(client, stub, instruction="ecommerce")
     reranker.query_points(COLLECTION, rerank_query="q", limit=1, **HYBRID)
     reranker.query_points(COLLECTION, rerank_query="q", limit=1, instruction="academic", **HYBRID)
@@ -321,7 +307,7 @@ def test_instruction_from_the_constructor_and_overridden_per_call(client: Qdrant
 def test_points_without_the_fields_are_scored_as_empty_documents_with_a_warning(
     client: QdrantClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stub = TableReranker()
+    stub = table_reranker()
     with caplog.at_level(logging.WARNING, logger="lychee_rerank.adapters.qdrant"):
         points = (
             QdrantReranker(client, stub, text_fields=["title"], image_fields=[])
@@ -335,7 +321,7 @@ def test_points_without_the_fields_are_scored_as_empty_documents_with_a_warning(
 
 def test_a_text_field_holding_an_object_is_refused_naming_the_point(client: QdrantClient) -> None:
     with pytest.raises(InvalidInputError, match=r"point \d+: payload field 'meta'"):
-        QdrantReranker(client, TableReranker(), text_fields=["meta"]).query_points(
+        QdrantReranker(client, table_reranker(), text_fields=["meta"]).query_points(
             COLLECTION, rerank_query="q", limit=1, **HYBRID
         )
 
@@ -347,7 +333,7 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
     client: QdrantClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = _first_stage(client, 8)
-    failing = TableReranker(error=ConnectionRefusedError("rerank service down"))
+    failing = table_reranker(error=ConnectionRefusedError("rerank service down"))
     with caplog.at_level(logging.WARNING):
         points = (
             QdrantReranker(client, failing, window=8)
@@ -364,29 +350,21 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
 
 
 def test_fail_closed_raises_the_reranker_error(client: QdrantClient) -> None:
-    failing = TableReranker(error=ConnectionRefusedError("rerank service down"))
+    failing = table_reranker(error=ConnectionRefusedError("rerank service down"))
     with pytest.raises(ConnectionRefusedError, match="rerank service down"):
         QdrantReranker(client, failing, fail_open=False).query_points(COLLECTION, rerank_query="q", **HYBRID)
 
 
 def test_invalid_input_raises_even_when_failing_open(client: QdrantClient) -> None:
-    failing = TableReranker(error=InvalidInputError("document 0: image is not decodable"))
+    failing = table_reranker(error=InvalidInputError("document 0: image is not decodable"))
     with pytest.raises(InvalidInputError, match="not decodable"):
         QdrantReranker(client, failing).query_points(COLLECTION, rerank_query="q", **HYBRID)
 
 
 def test_a_slow_reranker_past_timeout_fails_open(client: QdrantClient) -> None:
-    class SlowReranker(TableReranker):
-        def score(
-            self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-        ) -> list[float]:
-            import time
-
-            time.sleep(0.5)
-            return super().score(query, documents, instruction=instruction)
-
+    slow = TableReranker(STUB_SCORES, default=0.0, delay_s=0.5)
     points = (
-        QdrantReranker(client, SlowReranker(), timeout_s=0.05)
+        QdrantReranker(client, slow, timeout_s=0.05)
         .query_points(COLLECTION, rerank_query="q", limit=2, **HYBRID)
         .points
     )
@@ -402,20 +380,20 @@ def test_a_slow_reranker_past_timeout_fails_open(client: QdrantClient) -> None:
 )
 def test_bad_call_arguments_are_refused(client: QdrantClient, arguments: dict[str, Any]) -> None:
     with pytest.raises(InvalidInputError):
-        QdrantReranker(client, TableReranker()).query_points(COLLECTION, rerank_query="q", **arguments)
+        QdrantReranker(client, table_reranker()).query_points(COLLECTION, rerank_query="q", **arguments)
 
 
 def test_bad_construction_is_refused(client: QdrantClient) -> None:
     with pytest.raises(InvalidInputError, match="not a single string"):
-        QdrantReranker(client, TableReranker(), text_fields="text")
+        QdrantReranker(client, table_reranker(), text_fields="text")
     with pytest.raises(InvalidInputError, match="nothing to rerank by"):
-        QdrantReranker(client, TableReranker(), text_fields=[], image_fields=[])
+        QdrantReranker(client, table_reranker(), text_fields=[], image_fields=[])
     with pytest.raises(InvalidInputError, match="window"):
-        QdrantReranker(client, TableReranker(), window=0)
+        QdrantReranker(client, table_reranker(), window=0)
     with pytest.raises(TypeError, match="AsyncQdrantReranker"):
-        QdrantReranker(AsyncQdrantClient(":memory:"), TableReranker())  # type: ignore[arg-type]
+        QdrantReranker(AsyncQdrantClient(":memory:"), table_reranker())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="with_payload"):
-        QdrantReranker(client, TableReranker()).query_points(COLLECTION, rerank_query="q", with_payload="text")
+        QdrantReranker(client, table_reranker()).query_points(COLLECTION, rerank_query="q", with_payload="text")
 
 
 def test_a_url_means_the_remote_reranker(client: QdrantClient) -> None:
@@ -446,7 +424,7 @@ def _image_collection(client: QdrantClient, image_files: list[Path]) -> dict[int
 
 def test_image_payload_fields_become_document_images(client: QdrantClient, image_files: list[Path]) -> None:
     payloads = _image_collection(client, image_files)
-    stub = TableReranker()
+    stub = table_reranker()
     QdrantReranker(client, stub).query_points("images", rerank_query="shirt", query=[1.0, 1.0], limit=5)
     documents = stub.calls[0][1]
     assert documents == [
@@ -491,8 +469,8 @@ def test_embedded_path_client_gives_the_same_answer_as_memory(client: QdrantClie
     on_disk = QdrantClient(path=str(tmp_path / "qdrant"))
     try:
         _fill(on_disk)
-        memory = QdrantReranker(client, TableReranker()).query_points(COLLECTION, rerank_query="q", limit=5, **HYBRID)
-        disk = QdrantReranker(on_disk, TableReranker()).query_points(COLLECTION, rerank_query="q", limit=5, **HYBRID)
+        memory = QdrantReranker(client, table_reranker()).query_points(COLLECTION, rerank_query="q", limit=5, **HYBRID)
+        disk = QdrantReranker(on_disk, table_reranker()).query_points(COLLECTION, rerank_query="q", limit=5, **HYBRID)
     finally:
         on_disk.close()
     assert [(p.id, p.score, p.payload) for p in disk.points] == [(p.id, p.score, p.payload) for p in memory.points]
@@ -522,13 +500,13 @@ async def _fill_async(client: AsyncQdrantClient) -> None:
 
 
 async def test_async_client_gives_the_same_order_and_scores_as_sync(client: QdrantClient) -> None:
-    expected = QdrantReranker(client, TableReranker()).query_points(
+    expected = QdrantReranker(client, table_reranker()).query_points(
         COLLECTION, rerank_query="q", limit=4, offset=1, with_payload=["category"], **HYBRID
     )
     async_client = _async_client()
     try:
         await _fill_async(async_client)
-        stub = TableReranker()
+        stub = table_reranker()
         got = await AsyncQdrantReranker(async_client, stub).query_points(
             COLLECTION, rerank_query="q", limit=4, offset=1, with_payload=["category"], **HYBRID
         )
@@ -546,7 +524,7 @@ async def test_async_fail_open_and_fail_closed() -> None:
     async_client = _async_client()
     try:
         await _fill_async(async_client)
-        failing = TableReranker(error=OSError("connection reset"))
+        failing = table_reranker(error=OSError("connection reset"))
         points = (
             await AsyncQdrantReranker(async_client, failing).query_points(
                 COLLECTION, rerank_query="q", limit=2, **HYBRID
@@ -579,7 +557,7 @@ async def test_async_reranking_does_not_block_the_event_loop() -> None:
     try:
         await _fill_async(async_client)
         ticker = asyncio.create_task(tick())
-        await AsyncQdrantReranker(async_client, SlowAsyncReranker()).query_points(
+        await AsyncQdrantReranker(async_client, SlowAsyncReranker(STUB_SCORES, default=0.0)).query_points(
             COLLECTION, rerank_query="q", **HYBRID
         )
         ticker.cancel()
@@ -590,7 +568,7 @@ async def test_async_reranking_does_not_block_the_event_loop() -> None:
 
 def test_async_reranker_refuses_a_sync_client(client: QdrantClient) -> None:
     with pytest.raises(TypeError, match="QdrantReranker"):
-        AsyncQdrantReranker(client, TableReranker())  # type: ignore[arg-type]
+        AsyncQdrantReranker(client, table_reranker())  # type: ignore[arg-type]
 
 
 # --- the example ----------------------------------------------------------------------------------------
@@ -627,7 +605,7 @@ def test_hybrid_example_runs_offline_and_reranks_the_fused_window(
 
 def test_an_image_field_holding_an_object_is_refused_naming_the_point_and_field(client: QdrantClient) -> None:
     with pytest.raises(InvalidInputError, match=r"point \d+: image field 'meta'"):
-        QdrantReranker(client, TableReranker(), image_fields=["meta"]).query_points(
+        QdrantReranker(client, table_reranker(), image_fields=["meta"]).query_points(
             COLLECTION, rerank_query="q", limit=1, **HYBRID
         )
 
@@ -637,7 +615,7 @@ def test_excluding_part_of_a_list_field_read_for_reranking() -> None:
     qdrant.create_collection("reviews", vectors_config=models.VectorParams(size=2, distance=models.Distance.DOT))
     payload = {"reviews": ["great shirt", "too small"], "notes": [{"by": "ann", "secret": "x"}], "title": "shirt"}
     qdrant.upsert("reviews", points=[models.PointStruct(id=1, vector=[1.0, 0.0], payload=payload)])
-    stub = TableReranker({"great shirt\ntoo small": 0.5})
+    stub = table_reranker({"great shirt\ntoo small": 0.5})
     selector = models.PayloadSelectorExclude(exclude=["reviews[0]", "notes[].secret"])
     reranker = QdrantReranker(qdrant, stub, text_fields=["reviews"], image_fields=[], first_stage_score_key=None)
     [point] = reranker.query_points("reviews", rerank_query="q", query=[1.0, 0.0], with_payload=selector).points
