@@ -4,7 +4,7 @@ Elasticsearch's own ``rescore`` cannot call a neural model, so the rescorer runs
 search with ``size`` grown to the window, reranks the window's hits (text fields and an image field from
 ``_source``) and combines the scores exactly as Elasticsearch's ``query`` rescorer does. What comes back
 is an ordinary search response (a ``dict``); the combination, the extra keys and the fail-open rule are
-described in :mod:`lychee_rerank.core.rescoring`:
+described in :mod:`lychee_rerank.adapters._rescoring`:
 
 - ``hits.hits[i]["_score"]``: the combined score; ``hits.max_score`` follows it.
 - ``hits.hits[i]["_lychee"]``: ``{"original_score": ..., "rerank_score": ...}`` (``None`` past the window).
@@ -36,7 +36,7 @@ require("elasticsearch", "elasticsearch")
 
 from elasticsearch import AsyncElasticsearch, Elasticsearch  # noqa: E402
 
-from lychee_rerank.core.rescoring import (  # noqa: E402
+from lychee_rerank.adapters._rescoring import (  # noqa: E402
     HIT_KEY,
     RESPONSE_KEY,
     SCORE_MODES,

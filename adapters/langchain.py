@@ -8,7 +8,7 @@ Returned documents are copies: ``metadata["relevance_score"]`` holds the rerank 
 metadata key is kept, and the caller's documents are never changed. When the reranker is down or slow
 and ``fail_open`` is on, the first ``top_n`` documents come back in first-stage order with
 ``metadata["rerank_failed"] = True`` and no ``relevance_score``, and a warning is logged
-(the rule for which errors fall back is in :mod:`lychee_rerank.core.postprocess`).
+(the rule for which errors fall back is in :mod:`lychee_rerank.adapters._second_stage`).
 
 Importing this module without ``langchain-core`` raises an ImportError naming
 ``pip install 'lychee-rerank[langchain]'``.
@@ -41,15 +41,16 @@ from langchain_core.documents import Document as LangChainDocument  # noqa: E402
 from langchain_core.runnables import Runnable, RunnableLambda  # noqa: E402
 from pydantic import ConfigDict, Field, field_validator  # noqa: E402
 
-from lychee_rerank.core.inputs import Document, ImageInput, Query  # noqa: E402
-from lychee_rerank.core.postprocess import (  # noqa: E402
+from lychee_rerank.adapters._second_stage import (  # noqa: E402
     IMAGE_KEYS,
     SecondStage,
     Selection,
     document_from_fields,
     query_from_fields,
 )
-from lychee_rerank.core.reranker import Reranker, as_reranker  # noqa: E402
+from lychee_rerank.core.inputs import Document, ImageInput, Query  # noqa: E402
+from lychee_rerank.core.interface import Reranker  # noqa: E402
+from lychee_rerank.core.remote import as_reranker  # noqa: E402
 
 __all__ = ["RELEVANCE_SCORE_KEY", "RERANK_FAILED_KEY", "LycheeRerank"]
 

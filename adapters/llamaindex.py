@@ -8,7 +8,7 @@ Returned nodes are new ``NodeWithScore`` objects whose ``score`` is the rerank s
 are never changed (a node is copied when its metadata gains ``retrieval_score``). When the reranker is
 down or slow and ``fail_open`` is on, the first ``top_n`` nodes come back in first-stage order with their
 retrieval scores and ``metadata["rerank_failed"] = True``, and a warning is logged (the rule for which
-errors fall back is in :mod:`lychee_rerank.core.postprocess`).
+errors fall back is in :mod:`lychee_rerank.adapters._second_stage`).
 
 Importing this module without ``llama-index-core`` raises an ImportError naming
 ``pip install 'lychee-rerank[llamaindex]'``.
@@ -31,10 +31,11 @@ from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator 
 from llama_index.core.postprocessor.types import BaseNodePostprocessor  # noqa: E402
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle  # noqa: E402
 
+from lychee_rerank.adapters._second_stage import SecondStage, Selection, document_from_fields, query_from_fields  # noqa: E402
 from lychee_rerank.core.errors import InvalidInputError  # noqa: E402
 from lychee_rerank.core.inputs import Document, Query  # noqa: E402
-from lychee_rerank.core.postprocess import SecondStage, Selection, document_from_fields, query_from_fields  # noqa: E402
-from lychee_rerank.core.reranker import Reranker, as_reranker  # noqa: E402
+from lychee_rerank.core.interface import Reranker  # noqa: E402
+from lychee_rerank.core.remote import as_reranker  # noqa: E402
 
 __all__ = ["RERANK_FAILED_KEY", "RETRIEVAL_SCORE_KEY", "LycheeRerank"]
 

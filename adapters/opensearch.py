@@ -1,7 +1,7 @@
 """OpenSearch: client-side rescoring of search hits with Lychee-Rerank-MM (DESIGN §6).
 
 The same mechanism as :mod:`lychee_rerank.adapters.elasticsearch` (both are
-:mod:`lychee_rerank.core.rescoring`): the user's ordinary search runs with ``size`` grown to the window,
+:mod:`lychee_rerank.adapters._rescoring`): the user's ordinary search runs with ``size`` grown to the window,
 the window's hits are reranked from their ``_source`` text and image fields, and scores are combined as
 the ``query`` rescorer combines them. The response is an ordinary search response (a ``dict``) with:
 
@@ -36,7 +36,7 @@ require("opensearchpy", "opensearch")
 
 from opensearchpy import AsyncOpenSearch, OpenSearch  # noqa: E402
 
-from lychee_rerank.core.rescoring import (  # noqa: E402
+from lychee_rerank.adapters._rescoring import (  # noqa: E402
     HIT_KEY,
     RESPONSE_KEY,
     SCORE_MODES,

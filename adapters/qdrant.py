@@ -17,7 +17,7 @@ What comes back, and the documented payload keys:
   is the first-stage score, ``payload["_rerank_failed"]`` (:data:`RERANK_FAILED_KEY`) is ``True``, a
   warning is logged, and ``score_threshold`` is not applied (it is a threshold on rerank scores).
   ``fail_open=False`` raises instead. Which errors fall back is the rule of
-  :mod:`lychee_rerank.core.postprocess`; invalid input (an unreadable image) always raises.
+  :mod:`lychee_rerank.adapters._second_stage`; invalid input (an unreadable image) always raises.
 - Returned points are copies; neither the caller's arguments nor the client's objects are changed.
 
 Only the window is reranked: ``offset``/``limit`` page inside it, so a page past the window is short
@@ -61,10 +61,11 @@ from qdrant_client import AsyncQdrantClient, QdrantClient, models  # noqa: E402
 # `qdrant_client.models.QueryResponse` is fastembed's type of the same name; query_points returns this one.
 from qdrant_client.http.models import QueryResponse  # noqa: E402
 
+from lychee_rerank.adapters._second_stage import IMAGE_KEYS, SecondStage, Selection, document_from_fields  # noqa: E402
 from lychee_rerank.core.errors import InvalidInputError  # noqa: E402
 from lychee_rerank.core.inputs import Document, Query, QueryLike, as_query  # noqa: E402
-from lychee_rerank.core.postprocess import IMAGE_KEYS, SecondStage, Selection, document_from_fields  # noqa: E402
-from lychee_rerank.core.reranker import Reranker, as_reranker  # noqa: E402
+from lychee_rerank.core.interface import Reranker  # noqa: E402
+from lychee_rerank.core.remote import as_reranker  # noqa: E402
 
 __all__ = [
     "DEFAULT_WINDOW",

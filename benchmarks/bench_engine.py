@@ -71,13 +71,12 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from lychee_rerank.core.engine import DEFAULT_MAX_BATCH_TOKENS, ScoringEngine
 from lychee_rerank.core.inputs import Document, Query
-from lychee_rerank.core.loading import LoadedModel, choose_attention, choose_device, choose_dtype
+from lychee_rerank.core.local import LocalReranker
+from lychee_rerank.core.local.engine import DEFAULT_MAX_BATCH_TOKENS, ScoringEngine
+from lychee_rerank.core.local.loading import LoadedModel, choose_attention, choose_device, choose_dtype
 from lychee_rerank.core.profiles import DEFAULT_PROFILE, get_profile
-from lychee_rerank.core.reference import ReferenceScorer
-from lychee_rerank.core.reranker import LocalReranker
-from lychee_rerank.core.testing import (
+from lychee_rerank.core.testing.checkpoint import (
     SHAPES,
     build_config,
     build_processor,
@@ -85,6 +84,7 @@ from lychee_rerank.core.testing import (
     tiny_checkpoint_cache,
     write_tiny_checkpoint,
 )
+from lychee_rerank.core.testing.reference import ReferenceScorer
 
 MODALITIES = ("text", "image", "mixed")
 # Per-shape defaults. One query for small keeps its CPU run of all three workloads to a few minutes

@@ -176,7 +176,7 @@ def _free_port() -> int:
 def _checkpoint(model: str) -> str:
     if model != "small":
         return model
-    from lychee_rerank.core.testing import write_tiny_checkpoint
+    from lychee_rerank.core.testing.checkpoint import write_tiny_checkpoint
 
     folder = Path(os.environ.get("LYCHEE_CACHE_DIR") or Path(tempfile.gettempdir()) / "lychee-rerank") / "small"
     if not (folder / "config.json").exists():

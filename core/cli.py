@@ -19,8 +19,7 @@ from typing import Any
 from lychee_rerank.core.display import cell
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.inputs import Document, Query
-from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES
-from lychee_rerank.core.testing import TINY_MODEL_NAME
+from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES, TINY_MODEL_NAME
 
 TINY_BANNER = (
     "NOTE: --model tiny is a small random model: its scores exercise the code and mean nothing.\n"
@@ -64,7 +63,7 @@ def _read_documents_file(path: str) -> list[dict[str, Any]]:
 
 
 def _score_command(args: argparse.Namespace) -> int:
-    from lychee_rerank.core.reranker import LocalReranker
+    from lychee_rerank.core.local import LocalReranker
 
     raw_documents = list(getattr(args, "documents", None) or [])
     if args.docs_file:

@@ -20,7 +20,6 @@ import hashlib
 import io
 import ipaddress
 import os
-import re
 import socket
 import stat
 import struct
@@ -37,22 +36,8 @@ from PIL import Image, ImageOps
 
 from lychee_rerank.core.errors import ImageError, ImageErrorReason
 from lychee_rerank.core.inputs import ImageInput
+from lychee_rerank.core.sources import MAX_PATH_CHARS, looks_like_path, redact_url, source_kind
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_USERINFO = re.compile(r"(?<=://)[^/?#]*@")
-_IMAGE_SUFFIXES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".gif",
-    ".webp",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".ico",
-    ".avif",
-    ".heic",
-)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # Pillow raises more than OSError on hostile input (plugins hit struct/index errors on malformed headers).
@@ -135,9 +120,7 @@ def _error(reason: ImageErrorReason, message: str) -> ImageError:
 
 
 def _redact(url: str) -> str:
-    """The URL without user:password, shortened, for messages and logs."""
-    shown = _USERINFO.sub("", url)
-    return shown if len(shown) <= 200 else shown[:200] + "..."
+    return redact_url(url)
 
 
 def _check_bytes(size: int, policy: MediaPolicy, what: str) -> None:
@@ -337,12 +320,8 @@ def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
     raise _error("fetch_failed", f"Fetching {shown} failed: more than {policy.max_redirects} redirects.")
 
 
-def _looks_like_path(text: str) -> bool:
-    return "/" in text or "\\" in text or text.lower().endswith(_IMAGE_SUFFIXES)
-
-
 def _is_existing_file(text: str, policy: MediaPolicy) -> bool:
-    if len(text) >= 4096:
+    if len(text) >= MAX_PATH_CHARS:
         return False
     try:
         path = Path(text)
@@ -358,8 +337,8 @@ def _is_existing_file(text: str, policy: MediaPolicy) -> bool:
 
 def _read_str(source: str, policy: MediaPolicy) -> bytes:
     text = source.strip()
-    prefix = text[:8].lower()
-    if prefix.startswith(("http://", "https://")):
+    kind = source_kind(text)
+    if kind == "url":
         if not policy.allow_urls:
             raise _error(
                 "forbidden",
@@ -367,21 +346,21 @@ def _read_str(source: str, policy: MediaPolicy) -> bytes:
                 "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
             )
         return _fetch_url(text, policy)
-    if prefix.startswith("data:"):
+    if kind == "data_uri":
         return _read_data_uri(text, policy)
-    if prefix.startswith("file://"):
+    if kind == "file_uri":
         host, _, path = text[len("file://") :].partition("/")
         if host.lower() not in ("", "localhost"):
             raise _error("invalid_source", f"The file URI {text[:200]!r} names another host; use file:///path.")
         return _read_local(Path("/" + unquote(path)), policy)
-    if _SCHEME.match(text):
+    if kind == "other_scheme":
         raise _error("invalid_source", f"The URL scheme of {_redact(text)!r} is not supported; send {_ACCEPTED}.")
     if _is_existing_file(text, policy):
         return _read_local(Path(text), policy)
     data = _decode_base64(text, policy)
     if data is not None:
         return data
-    if len(text) < 4096 and _looks_like_path(text):
+    if looks_like_path(text):
         return _read_local(Path(text), policy)  # says not_found, or forbidden outside the roots
     raise _error("invalid_source", f"The image source {text[:40]!r} is not {_ACCEPTED}.")
 

@@ -1,7 +1,10 @@
 """Model profiles: how a reranking model wants its prompt laid out and how its answer becomes a score.
 
-A profile is data. The Lychee-Rerank-MM layout (DESIGN §3) is the default; should the official model
-card's layout differ, the fix is one line here and one golden test.
+A profile is data. The Lychee-Rerank-MM layout is the default: the system prompt and the score rule come
+from the model card and the paper (arXiv 2510.14824), the order of the user message's parts from a public
+script that uses the model. Should the official card's layout differ, the fix is one line here and one
+golden test. This module imports nothing heavy; whether the installed transformers has a profile's
+architecture is checked when a model is loaded.
 
 Example:
     >>> get_profile("lychee").positive_token
@@ -104,7 +107,7 @@ _YES_NO_SYSTEM = (
     'Note that the answer can only be "yes" or "no".'
 )
 
-# Instruct, query (image then text), document (image then text): DESIGN §3.
+# Instruct, query (image then text), document (image then text).
 _INSTRUCT_QUERY_DOCUMENT = (
     Part("text", "<Instruct>: {instruction}"),
     Part("text", "<Query>:"),
@@ -166,25 +169,18 @@ MONOQWEN2_VL = Profile(
     notes="MonoQwen2-VL-v0.1: image documents, text queries, P(True) over True/False.",
 )
 
-_ARCHITECTURES = {
+ARCHITECTURES = {
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
 }
+"""The transformers class of each ``model_type`` a profile is meant for."""
 
+PROFILES: dict[str, Profile] = {profile.name: profile for profile in (LYCHEE, QWEN3_VL_RERANKER, MONOQWEN2_VL)}
+"""Registered profiles, by name."""
 
-def _architecture_available(profile: Profile) -> bool:
-    import transformers
-
-    return all(hasattr(transformers, _ARCHITECTURES[model_type]) for model_type in profile.model_types)
-
-
-PROFILES: dict[str, Profile] = {
-    profile.name: profile
-    for profile in (LYCHEE, QWEN3_VL_RERANKER, MONOQWEN2_VL)
-    if profile is LYCHEE or _architecture_available(profile)
-}
-"""Registered profiles; peers appear only when the installed transformers has their architecture."""
+TINY_MODEL_NAME = "tiny"
+"""The reserved model name of the small random test checkpoint (written on first use; its scores mean nothing)."""
 
 DEFAULT_PROFILE = "lychee"
 
@@ -215,7 +211,7 @@ INSTRUCTION_PRESETS: dict[str, str] = {
     "document": "Given a question, retrieve the document page that answers it",
     "inspection": "Given a photo of a part, retrieve the annotated defect images that show the same kind of defect",
 }
-"""Named instructions. A fitting instruction raises scores by several points (DESIGN §3)."""
+"""Named instructions. A fitting instruction moves scores by several points on the product's own test sets."""
 
 
 def resolve_instruction(instruction: str | None) -> str | None:

@@ -29,7 +29,8 @@ from PIL import Image
 
 from lychee_rerank.core.errors import ImageError, ImageErrorReason, InvalidInputError, LycheeError
 from lychee_rerank.core.inputs import Document, DocumentLike, ImageInput, Query, QueryLike, as_documents, as_query
-from lychee_rerank.core.reranker import BaseReranker, RerankResult, check_rerank_options
+from lychee_rerank.core.interface import BaseReranker, Reranker, RerankResult, check_rerank_options
+from lychee_rerank.core.sources import MAX_PATH_CHARS, source_kind
 
 _RETRY_STATUSES = frozenset({429, 503})
 _REASONS = frozenset(get_args(ImageErrorReason))
@@ -66,7 +67,11 @@ def _data_uri(data: bytes) -> str:
 
 
 def encode_image(image: ImageInput) -> str:
-    """An image as a string the service accepts: URLs and data URIs as given, anything local as a data URI."""
+    """An image as a string the service accepts: URLs and data URIs as given, anything local as a data URI.
+
+    Bare text that names an existing file on this machine is sent as that file's bytes; other bare text is
+    sent as it is (raw base64, or a path the service may be allowed to read under its ``--local-roots``).
+    """
     if isinstance(image, Image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")  # lossless: the server decodes the same pixels
@@ -76,11 +81,10 @@ def encode_image(image: ImageInput) -> str:
     if isinstance(image, os.PathLike):
         return _data_uri(_read_file(Path(os.fspath(image))))
     text = image.strip()
-    if text[:8].lower().startswith(("http://", "https://", "data:")):
-        return text
-    if text[:7].lower() == "file://":
-        return _data_uri(_read_file(Path(text[7:])))
-    if len(text) < 4096:
+    kind = source_kind(text)
+    if kind == "file_uri":
+        return _data_uri(_read_file(Path(text[len("file://") :])))
+    if kind == "bare" and len(text) < MAX_PATH_CHARS:
         path = Path(text)
         try:
             is_file = path.is_file()
@@ -88,7 +92,7 @@ def encode_image(image: ImageInput) -> str:
             is_file = False
         if is_file:
             return _data_uri(_read_file(path))
-    return text  # raw base64, or a path the server may be allowed to read
+    return text
 
 
 def _read_file(path: Path) -> bytes:
@@ -320,3 +324,19 @@ class RemoteReranker(BaseReranker):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def as_reranker(reranker: Reranker | str) -> Reranker:
+    """The reranker adapters use: a :class:`Reranker` as is; a URL string means the service at that URL.
+
+    Example:
+        >>> as_reranker("http://gpu-box:8000")  # doctest: +SKIP
+        RemoteReranker('http://gpu-box:8000')
+    """
+    if isinstance(reranker, str):
+        return RemoteReranker(reranker)
+    if not isinstance(reranker, Reranker):
+        raise TypeError(
+            f"expected a Reranker (LocalReranker, RemoteReranker) or a service URL, got {type(reranker).__name__}"
+        )
+    return reranker

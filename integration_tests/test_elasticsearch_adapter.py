@@ -24,7 +24,7 @@ from lychee_rerank.adapters.elasticsearch import (
 )
 from lychee_rerank.core import Document, LocalReranker, Reranker, as_reranker
 from lychee_rerank.core.remote import RemoteReranker
-from lychee_rerank.core.testing import write_tiny_checkpoint
+from lychee_rerank.core.testing.checkpoint import write_tiny_checkpoint
 
 
 def _require_url(name: str) -> str:

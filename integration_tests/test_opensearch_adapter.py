@@ -19,7 +19,7 @@ from opensearchpy import AsyncOpenSearch, OpenSearch
 from lychee_rerank.adapters.opensearch import HIT_KEY, RESPONSE_KEY, AsyncOpenSearchRescorer, OpenSearchRescorer
 from lychee_rerank.core import Document, LocalReranker, Reranker, as_reranker
 from lychee_rerank.core.remote import RemoteReranker
-from lychee_rerank.core.testing import write_tiny_checkpoint
+from lychee_rerank.core.testing.checkpoint import write_tiny_checkpoint
 
 
 def _require_url(name: str) -> str:

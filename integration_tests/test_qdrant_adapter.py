@@ -20,7 +20,7 @@ from qdrant_client import AsyncQdrantClient, QdrantClient, models
 from lychee_rerank.adapters.qdrant import FIRST_STAGE_SCORE_KEY, RERANK_FAILED_KEY, AsyncQdrantReranker, QdrantReranker
 from lychee_rerank.core import Document, LocalReranker, Reranker, as_reranker
 from lychee_rerank.core.remote import RemoteReranker
-from lychee_rerank.core.testing import write_tiny_checkpoint
+from lychee_rerank.core.testing.checkpoint import write_tiny_checkpoint
 
 
 def _require_url(name: str) -> str:

@@ -2,7 +2,7 @@
 
 Elasticsearch 8.19+ and 9.1+ ship a ``custom`` inference service that sends any JSON template to any URL
 and reads the answer back with JSONPath. One such endpoint, with task type ``rerank``, lets the
-``text_similarity_reranker`` retriever rank a first-stage window with Lychee-Rerank-MM (DESIGN §6)::
+``text_similarity_reranker`` retriever rank a first-stage window with Lychee-Rerank-MM::
 
     from elasticsearch import Elasticsearch
     from lychee_rerank.plugins.elasticsearch import install_inference_endpoint, text_similarity_reranker_body
@@ -22,7 +22,6 @@ The same is on the command line: ``lychee-rerank elasticsearch install-endpoint 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -30,15 +29,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from lychee_rerank.core.errors import LycheeError
+from lychee_rerank.core.wire import JSON_DOCUMENTS_HEADER
+from lychee_rerank.plugins._common import (
+    PROBE_DOCUMENTS,
+    PROBE_QUERY,
+    add_check_arguments,
+    add_service_arguments,
+    parse_version,
+    print_check,
+    rerank_endpoint_url,
+    service_api_key,
+)
 
 if TYPE_CHECKING:  # the client is an optional extra: import it only where it is used
     from elasticsearch import Elasticsearch
 
 DEFAULT_INFERENCE_ID = "lychee-rerank"
 """The inference endpoint's id unless told otherwise."""
-
-JSON_DOCUMENTS_HEADER = "X-Lychee-Json-Documents"
-"""Asks the service to parse string documents holding ``{"text", "image"}`` JSON (core/server/serving.py)."""
 
 MINIMUM_VERSION = "8.19 (or 9.1 on the 9.x line)"
 """The oldest Elasticsearch with the ``custom`` inference service (it is missing from 9.0)."""
@@ -52,25 +59,15 @@ JSON_PARSER = {
     "relevance_score": "$.results[*].relevance_score",
     "reranked_index": "$.results[*].index",
 }
-_PROBE_QUERY = "lychee-rerank check"
-_PROBE_DOCUMENTS = ["a short test document", "another test document"]
 
 Action = Literal["created", "unchanged", "replaced"]
 
-
-def rerank_endpoint_url(rerank_url: str) -> str:
-    """The service's ``/v1/rerank`` URL from its base URL; a URL already ending in a rerank route is kept.
-
-    Example:
-        >>> rerank_endpoint_url("http://rerank:8000/")
-        'http://rerank:8000/v1/rerank'
-    """
-    url = rerank_url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise LycheeError(f"the rerank URL must start with http:// or https://, got {rerank_url!r}")
-    if url.endswith(("/v1/rerank", "/v2/rerank", "/rerank")):
-        return url
-    return url + "/v1/rerank"
+DESCRIPTION = """\
+Creates an Elasticsearch inference endpoint (the 'custom' service, task type rerank) that calls the
+lychee-rerank service's /v1/rerank, for the text_similarity_reranker retriever. Needs Elasticsearch 8.19+
+or 9.1+ with a license that allows it (e.g. the trial). install-endpoint can be re-run: an identical
+endpoint is left alone.
+"""
 
 
 def inference_endpoint_config(
@@ -145,12 +142,7 @@ class EndpointStatus:
 
 def cluster_version(client: Elasticsearch) -> tuple[int, int]:
     """The cluster's (major, minor) version from ``GET /``."""
-    number = str(client.info()["version"]["number"])
-    parts = number.split("-")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise LycheeError(f"cannot read the Elasticsearch version {number!r}") from None
+    return parse_version(str(client.info()["version"]["number"]), "Elasticsearch")
 
 
 def require_custom_service(client: Elasticsearch) -> tuple[int, int]:
@@ -257,11 +249,11 @@ def check_inference_endpoint(
     probe_scores = None
     if probe:
         try:
-            response = client.inference.rerank(inference_id=inference_id, query=_PROBE_QUERY, input=_PROBE_DOCUMENTS)
+            response = client.inference.rerank(inference_id=inference_id, query=PROBE_QUERY, input=PROBE_DOCUMENTS)
             ranked = sorted(response.body.get("rerank") or [], key=lambda item: int(item["index"]))
             probe_scores = [float(item["relevance_score"]) for item in ranked]
-            if len(probe_scores) != len(_PROBE_DOCUMENTS):
-                problems.append(f"the probe got {len(probe_scores)} scores for {len(_PROBE_DOCUMENTS)} documents")
+            if len(probe_scores) != len(PROBE_DOCUMENTS):
+                problems.append(f"the probe got {len(probe_scores)} scores for {len(PROBE_DOCUMENTS)} documents")
         except ApiError as error:
             problems.append(str(_api_error("run a test rerank", error)))
     return EndpointStatus(
@@ -361,7 +353,7 @@ def _install_command(args: argparse.Namespace) -> int:
         client,
         args.rerank_url,
         inference_id=args.inference_id,
-        api_key=args.api_key,
+        api_key=service_api_key(args.api_key),
         multimodal=args.multimodal,
         replace=args.replace,
     )
@@ -374,18 +366,13 @@ def _check_command(args: argparse.Namespace) -> int:
     status = check_inference_endpoint(
         args.client_factory(args), inference_id=args.inference_id, probe=not args.no_probe
     )
-    if args.json:
-        print(json.dumps({**status.__dict__, "ok": status.ok}, indent=2))
-    else:
-        state = "ok" if status.ok else "NOT OK"
-        print(f"{state}: inference endpoint {status.inference_id!r}")
-        if status.exists:
-            print(f"  url: {status.url}  multimodal: {status.multimodal}")
-        if status.probe_scores is not None:
-            print(f"  probe scores: {', '.join(f'{score:.4f}' for score in status.probe_scores)}")
-        for problem in status.problems:
-            print(f"  problem: {problem}")
-    return 0 if status.ok else 1
+    return print_check(
+        status,
+        title=f"inference endpoint {status.inference_id!r}",
+        lines=[f"url: {status.url}  multimodal: {status.multimodal}"] if status.exists else [],
+        probe_scores=status.probe_scores,
+        as_json=args.json,
+    )
 
 
 def _delete_command(args: argparse.Namespace) -> int:
@@ -405,7 +392,7 @@ def register(subparsers: Any, *, client_factory: ClientFactory | None = None) ->
     parser = subparsers.add_parser(
         "elasticsearch",
         help="install the Elasticsearch inference endpoint that reranks with the service",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="elasticsearch_command", required=True)
@@ -426,22 +413,12 @@ def register(subparsers: Any, *, client_factory: ClientFactory | None = None) ->
 
     install = commands.add_parser("install-endpoint", help="create the rerank inference endpoint (idempotent)")
     common(install)
-    install.add_argument("--rerank-url", required=True, help="the service's URL as the cluster reaches it")
-    install.add_argument(
-        "--api-key",
-        default=os.environ.get("LYCHEE_RERANK_API_KEY"),
-        help="the service's API key, stored as an Elasticsearch secret (default: $LYCHEE_RERANK_API_KEY)",
-    )
-    install.add_argument(
-        "--multimodal", action="store_true", help="make the service parse {text, image} JSON-string documents"
-    )
-    install.add_argument("--replace", action="store_true", help="recreate the endpoint even if it looks identical")
+    add_service_arguments(install, engine="Elasticsearch", stored_as="an Elasticsearch secret")
     install.set_defaults(handler=_reachable(_install_command))
 
     check = commands.add_parser("check-endpoint", help="look the endpoint up and rerank two test documents")
     common(check)
-    check.add_argument("--no-probe", action="store_true", help="only look the endpoint up")
-    check.add_argument("--json", action="store_true", help="print JSON")
+    add_check_arguments(check)
     check.set_defaults(handler=_reachable(_check_command))
 
     delete = commands.add_parser("delete-endpoint", help="delete the endpoint")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lychee_rerank.core import LocalReranker
-from lychee_rerank.core.testing import write_tiny_checkpoint
+from lychee_rerank.core.testing.checkpoint import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

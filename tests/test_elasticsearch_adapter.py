@@ -26,7 +26,7 @@ from lychee_rerank.adapters.elasticsearch import (
     ElasticsearchRescorer,
 )
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.fakes import TableReranker
+from lychee_rerank.core.testing.fakes import TableReranker
 
 # First-stage scores descend; the stub's rerank scores are dyadic so hand-computed sums are exact.
 CORPUS = [

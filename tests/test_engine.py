@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.engine import pack_batches
-from lychee_rerank.core.reference import ReferenceScorer
+from lychee_rerank.core.local.engine import pack_batches
+from lychee_rerank.core.testing.reference import ReferenceScorer
 
 CHINESE_QUERY = "适合小个子女生的显高西装套装，米白色，春夏穿"
 

@@ -20,8 +20,8 @@ from lychee_rerank.core import (
     Query,
 )
 from lychee_rerank.core.inputs import as_documents, as_query
-from lychee_rerank.core.loading import choose_attention, choose_device, choose_dtype
-from lychee_rerank.core.testing import TINY_MODEL_NAME
+from lychee_rerank.core.local.loading import choose_attention, choose_device, choose_dtype
+from lychee_rerank.core.profiles import TINY_MODEL_NAME
 
 
 def test_plain_strings_are_text_never_paths(image_files: list[Path]) -> None:

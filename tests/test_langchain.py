@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from lychee_rerank.adapters.langchain import LycheeRerank
 from lychee_rerank.core import Document, ImageError, LocalReranker, Query
-from lychee_rerank.core.fakes import FailingReranker, SlowReranker
+from lychee_rerank.core.testing.fakes import FailingReranker, SlowReranker
 
 
 class ListRetriever(BaseRetriever):

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from lychee_rerank.adapters.llamaindex import LycheeRerank
 from lychee_rerank.core import Document, ImageError, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.fakes import FailingReranker, SlowReranker
+from lychee_rerank.core.testing.fakes import FailingReranker, SlowReranker
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from lychee_rerank.adapters.opensearch import (
     OpenSearchRescorer,
 )
 from lychee_rerank.core import InvalidInputError
-from lychee_rerank.core.fakes import TableReranker
+from lychee_rerank.core.testing.fakes import TableReranker
 
 CORPUS = [
     {"_id": "d1", "_score": 4.0, "_source": {"title": "alpha", "body": "first", "price": 10}},

@@ -25,11 +25,11 @@ from lychee_rerank.plugins.opensearch import (
     check_rerank_pipeline,
     connector_body,
     install_rerank_pipeline,
-    register,
     rerank_search_body,
     trusted_endpoint_regex,
     uninstall_rerank_pipeline,
 )
+from lychee_rerank.plugins.opensearch.cli import register
 
 TRUSTED = "plugins.ml_commons.trusted_connector_endpoints_regex"
 PRIVATE_IP = "plugins.ml_commons.connector.private_ip_enabled"

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from lychee_rerank.adapters._second_stage import IMAGE_KEYS, Pick, SecondStage, document_from_fields, query_from_fields
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, LycheeError, Query
-from lychee_rerank.core.fakes import FailingReranker, SlowReranker
 from lychee_rerank.core.inputs import DocumentLike, QueryLike
-from lychee_rerank.core.postprocess import IMAGE_KEYS, Pick, SecondStage, document_from_fields, query_from_fields
-from lychee_rerank.core.reranker import BaseReranker, RerankResult
+from lychee_rerank.core.interface import BaseReranker, RerankResult
+from lychee_rerank.core.testing.fakes import FailingReranker, SlowReranker
 
 
 class AsyncOnlyReranker(BaseReranker):
@@ -109,7 +109,7 @@ async def test_reranker_failures_fall_back_to_the_first_stage_order(
     error: BaseException, caplog: pytest.LogCaptureFixture
 ) -> None:
     stage = SecondStage(FailingReranker(error), top_n=3, score_threshold=0.9)
-    with caplog.at_level(logging.WARNING, logger="lychee_rerank.core.postprocess"):
+    with caplog.at_level(logging.WARNING, logger="lychee_rerank.adapters._second_stage"):
         selection = stage.run(Query("q"), DOCUMENTS)
     assert selection.picks == (Pick(0, None), Pick(1, None), Pick(2, None))
     assert selection.failed

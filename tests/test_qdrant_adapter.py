@@ -25,7 +25,7 @@ from lychee_rerank.adapters.qdrant import (
     QdrantReranker,
 )
 from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
-from lychee_rerank.core.fakes import TableReranker
+from lychee_rerank.core.testing.fakes import TableReranker
 
 COLLECTION = "products"
 TEXTS = [

@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from lychee_rerank.core import BaseReranker, Document, InvalidInputError, Query
-from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
-from lychee_rerank.core.rescoring import (
+from lychee_rerank.adapters._rescoring import (
     HIT_KEY,
     RESPONSE_KEY,
     Combination,
@@ -20,7 +18,9 @@ from lychee_rerank.core.rescoring import (
     query_text_from,
     response_body,
 )
-from lychee_rerank.core.source_filter import SourceFilter
+from lychee_rerank.adapters._source_filter import SourceFilter
+from lychee_rerank.core import BaseReranker, Document, InvalidInputError, Query
+from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
 
 
 class LengthReranker(BaseReranker):

@@ -31,10 +31,10 @@ from lychee_rerank.adapters.demo.sparse import BM25
 from lychee_rerank.core.display import cell
 from lychee_rerank.core.errors import LycheeError, ModelLoadError
 from lychee_rerank.core.inputs import Document, Query
-from lychee_rerank.core.loading import choose_device, resolve_model_path
-from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, LYCHEE, resolve_instruction
-from lychee_rerank.core.reranker import LocalReranker
-from lychee_rerank.core.testing import TINY_MODEL_NAME, tiny_checkpoint_cache
+from lychee_rerank.core.local import LocalReranker
+from lychee_rerank.core.local.loading import choose_device, resolve_model_path
+from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, LYCHEE, TINY_MODEL_NAME, resolve_instruction
+from lychee_rerank.core.testing.checkpoint import tiny_checkpoint_cache
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

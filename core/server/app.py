@@ -17,8 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from lychee_rerank.core import __version__
-from lychee_rerank.core.engine import ScoringEngine
-from lychee_rerank.core.reranker import LocalReranker
+from lychee_rerank.core.local import LocalReranker
+from lychee_rerank.core.local.engine import ScoringEngine
 from lychee_rerank.core.server.errors import install_error_handlers
 from lychee_rerank.core.server.limits import BodyLimitMiddleware
 from lychee_rerank.core.server.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics

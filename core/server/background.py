@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from lychee_rerank.core.reranker import LocalReranker
+from lychee_rerank.core.local import LocalReranker
 from lychee_rerank.core.server.app import create_app
 from lychee_rerank.core.server.settings import ServerSettings
 

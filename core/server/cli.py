@@ -68,9 +68,9 @@ def serve(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted."""
     import uvicorn
 
-    from lychee_rerank.core.reranker import LocalReranker
+    from lychee_rerank.core.local import LocalReranker
+    from lychee_rerank.core.profiles import TINY_MODEL_NAME
     from lychee_rerank.core.server.app import create_app
-    from lychee_rerank.core.testing import TINY_MODEL_NAME
 
     settings = settings_from_args(args)
     if settings.torch_threads is not None:

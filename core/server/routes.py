@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from lychee_rerank.core.reranker import rank
+from lychee_rerank.core.interface import rank
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import (
     BatchRequest,

@@ -20,9 +20,9 @@ from fastapi import Request
 
 from lychee_rerank.core.errors import ImageError, InvalidInputError
 from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
+from lychee_rerank.core.interface import BaseReranker
 from lychee_rerank.core.media import MediaPolicy, read_image_bytes
 from lychee_rerank.core.profiles import resolve_instruction
-from lychee_rerank.core.reranker import BaseReranker
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import Content
 from lychee_rerank.core.server.scheduler import QueueFullError, Scheduler, SchedulerClosedError

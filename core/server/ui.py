@@ -21,8 +21,8 @@ from PIL import Image
 from lychee_rerank.core.errors import InvalidInputError, LycheeError
 from lychee_rerank.core.extras import require
 from lychee_rerank.core.inputs import Document, Query
+from lychee_rerank.core.interface import Reranker, RerankResult
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, resolve_instruction
-from lychee_rerank.core.reranker import Reranker, RerankResult
 
 if TYPE_CHECKING:
     import fastapi

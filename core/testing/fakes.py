@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
-from lychee_rerank.core.reranker import BaseReranker
+from lychee_rerank.core.interface import BaseReranker
 
 
 class FailingReranker(BaseReranker):

@@ -1,27 +1,24 @@
-"""The one interface every adapter depends on, and the in-process implementation of it.
+"""The one interface every adapter depends on: ``Reranker``, ``BaseReranker``, ``RerankResult``, ``rank``.
 
 ``rerank`` is written once, on top of ``score`` (score, sort, cut), as sentence-transformers'
 ``CrossEncoder.rank`` is; backends only implement ``score``. Async methods run the same work in a
 worker thread, so they never block the event loop.
+
+This module imports nothing heavy (no torch, no HTTP client): the light client install, the adapters and
+the plugins all stand on it. The backends are :class:`lychee_rerank.core.local.LocalReranker` (the model in
+this process, the ``[local]`` extra) and :class:`lychee_rerank.core.remote.RemoteReranker` (the service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import torch
-
-from lychee_rerank.core.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_PADDING, ScoringEngine
 from lychee_rerank.core.errors import InvalidInputError
-from lychee_rerank.core.inputs import Document, DocumentLike, QueryLike, as_documents, as_query
-from lychee_rerank.core.loading import LoadedModel, load_model
-from lychee_rerank.core.media import DEFAULT_POLICY, MediaPolicy
-from lychee_rerank.core.profiles import DEFAULT_PROFILE, Profile, get_profile, resolve_instruction
+from lychee_rerank.core.inputs import Document, DocumentLike, QueryLike, as_documents
 
 
 @dataclass(frozen=True)
@@ -155,111 +152,3 @@ class BaseReranker:
         parsed = as_documents(documents)
         scores = await self.ascore(query, parsed, instruction=instruction)
         return rank(parsed, scores, top_n=top_n, min_score=min_score)
-
-
-class LocalReranker(BaseReranker):
-    """Lychee-Rerank-MM (or a peer) in this process, on a GPU or the CPU.
-
-    Args:
-        model: A hub id, a folder holding a Hugging Face checkpoint, or ``"tiny"`` (a random test
-            checkpoint: its scores mean nothing). Defaults to the profile's model.
-        device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; default: CUDA when available, else CPU.
-        dtype: ``"bfloat16"``, ``"float16"``, ``"float32"`` or a ``torch.dtype``; default: bf16 on
-            CUDA, float32 on CPU.
-        profile: A profile name (``"lychee"``, ``"qwen3-vl-reranker"``, ``"monoqwen2-vl"``) or object.
-        max_batch_tokens: Padded tokens per forward pass; lower it on small GPUs.
-        min_pixels: Lower pixel bound for images after resizing; default: the profile's.
-        max_pixels: Upper pixel bound for images after resizing; default: the profile's.
-        media_policy: How images may be read (URLs, local paths, size caps).
-        attn_implementation: Force an attention kernel (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``).
-        reuse_prefix: Run the prompt part shared by all documents of a request (system prompt,
-            instruction, query and its image) once and reuse its key/value cache. Scores are the same
-            either way; turning it off only costs time.
-        max_padding: A pair joins a batch only if it is at most this fraction shorter than the batch's
-            longest: padding is wasted work. 1.0 packs by ``max_batch_tokens`` alone.
-
-    Example:
-        >>> reranker = LocalReranker(model="tiny")  # doctest: +SKIP
-        >>> reranker.score("white shirt", ["a white linen shirt", {"image": "shirt.jpg"}])  # doctest: +SKIP
-        [0.53, 0.41]
-    """
-
-    def __init__(
-        self,
-        model: str | None = None,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        profile: str | Profile = DEFAULT_PROFILE,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        media_policy: MediaPolicy = DEFAULT_POLICY,
-        attn_implementation: str | None = None,
-        reuse_prefix: bool = True,
-        max_padding: float = DEFAULT_MAX_PADDING,
-    ) -> None:
-        self.profile = get_profile(profile)
-        name = model or os.environ.get("LYCHEE_MODEL") or self.profile.default_model
-        loaded = load_model(
-            name,
-            self.profile,
-            device=device,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-        )
-        self.engine = ScoringEngine(
-            loaded,
-            self.profile,
-            max_batch_tokens=max_batch_tokens,
-            media_policy=media_policy,
-            reuse_prefix=reuse_prefix,
-            max_padding=max_padding,
-        )
-
-    @property
-    def loaded(self) -> LoadedModel:
-        """The model, processor, device and dtype in use."""
-        return self.engine.loaded
-
-    @property
-    def model_name(self) -> str:
-        """The name the model was loaded by (hub id, folder, or ``tiny``)."""
-        return self.engine.loaded.name
-
-    def score(
-        self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
-    ) -> list[float]:
-        """Probabilities in [0, 1] that each document satisfies the query, in input order.
-
-        Args:
-            query: Text, a :class:`Query`, a ``{"text", "image"}`` mapping or a PIL image.
-            documents: Each text, a :class:`Document`, a mapping or a PIL image.
-            instruction: The task instruction, or a preset name (``"ecommerce"``, ``"academic"``...);
-                default: the profile's.
-
-        Raises:
-            InvalidInputError: A query or document cannot be scored; the message names which.
-        """
-        parsed_query = as_query(query)
-        parsed = as_documents(documents)
-        return self.engine.score(parsed_query, parsed, resolve_instruction(instruction))
-
-
-def as_reranker(reranker: Reranker | str) -> Reranker:
-    """The reranker adapters use: a :class:`Reranker` as is; a URL string means the service at that URL.
-
-    Example:
-        >>> as_reranker("http://gpu-box:8000")  # doctest: +SKIP
-        RemoteReranker('http://gpu-box:8000')
-    """
-    if isinstance(reranker, str):
-        from lychee_rerank.core.remote import RemoteReranker  # the HTTP client, built with the service
-
-        return RemoteReranker(reranker)
-    if not isinstance(reranker, Reranker):
-        raise TypeError(
-            f"expected a Reranker (LocalReranker, RemoteReranker) or a service URL, got {type(reranker).__name__}"
-        )
-    return reranker

@@ -28,7 +28,7 @@ What the rewritten response holds (the keys are also module constants):
   "window_size": int}``. ``reranked`` is ``False`` only when the reranker failed and ``fail_open`` kept
   the first-stage order; then every ``_score`` is the untouched original score and ``error`` says why.
 
-Fail-open follows :mod:`lychee_rerank.core.postprocess`: a reranker that is down, erroring or past
+Fail-open follows :mod:`lychee_rerank.adapters._second_stage`: a reranker that is down, erroring or past
 ``timeout_s`` gives the first-stage order, flagged and logged; an :class:`InvalidInputError` (an image
 field that holds no image, say) always raises, as do all errors when ``fail_open=False``.
 """
@@ -42,11 +42,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, get_args
 
+from lychee_rerank.adapters._second_stage import SecondStage, Selection, document_from_fields, query_from_fields
+from lychee_rerank.adapters._source_filter import SourceFilter, field_patterns, lookup, refuse_unknown
 from lychee_rerank.core.errors import InvalidInputError
 from lychee_rerank.core.inputs import Document, ImageInput, Query
-from lychee_rerank.core.postprocess import SecondStage, Selection, document_from_fields, query_from_fields
-from lychee_rerank.core.reranker import Reranker, as_reranker
-from lychee_rerank.core.source_filter import SourceFilter, field_patterns, lookup, refuse_unknown
+from lychee_rerank.core.interface import Reranker
+from lychee_rerank.core.remote import as_reranker
 
 __all__ = [
     "DEFAULT_WINDOW_SIZE",

@@ -29,7 +29,7 @@ import httpx
 
 from lychee_rerank.core.errors import InvalidInputError, LycheeError
 from lychee_rerank.core.inputs import Document, ImageInput, Query
-from lychee_rerank.core.reranker import Reranker, RerankResult
+from lychee_rerank.core.interface import Reranker, RerankResult
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from lychee_rerank.core.errors import ModelLoadError
-from lychee_rerank.core.profiles import Profile
-from lychee_rerank.core.testing import TINY_MODEL_NAME, ensure_tiny_checkpoint
+from lychee_rerank.core.profiles import ARCHITECTURES, TINY_MODEL_NAME, Profile
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ def resolve_model_path(model: str) -> str:
     A string that is not an existing folder is returned unchanged and treated as a hub id.
     """
     if model == TINY_MODEL_NAME:
+        from lychee_rerank.core.testing.checkpoint import ensure_tiny_checkpoint  # only for the test model
+
         return str(ensure_tiny_checkpoint())
     path = Path(model).expanduser()
     if path.is_dir():
@@ -186,8 +187,15 @@ def load_model(
         ModelLoadError: The folder is not a checkpoint, the hub id cannot be downloaded, or the
             checkpoint does not fit the profile. The message says what to do.
     """
+    import transformers
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    missing = [ARCHITECTURES[kind] for kind in profile.model_types if not hasattr(transformers, ARCHITECTURES[kind])]
+    if missing:
+        raise ModelLoadError(
+            f"the {profile.name!r} profile needs transformers' {', '.join(missing)}, which transformers "
+            f"{transformers.__version__} lacks; upgrade it: pip install -U transformers"
+        )
     chosen_device = choose_device(device)
     chosen_dtype = choose_dtype(dtype, chosen_device)
     attention = choose_attention(chosen_device, chosen_dtype, attn_implementation)

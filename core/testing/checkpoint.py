@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TINY_MODEL_NAME = "tiny"
-"""The reserved ``--model`` name that means "the tiny random checkpoint"."""
+from lychee_rerank.core.profiles import TINY_MODEL_NAME
 
 # Qwen's special tokens. The names matter (the processor and the chat template look them up); the ids
 # are whatever the tokenizer gives them and are written into the model config.
@@ -128,7 +127,7 @@ SHAPES: dict[str, ModelShape] = {
         fullatt_block_indexes=(3, 7),
         vocab_target=4000,
     ),
-    # Qwen2.5-VL-7B (DESIGN §7). Random weights; meant to be built in GPU memory, not written to disk.
+    # Qwen2.5-VL-7B's published config. Random weights; meant to be built in GPU memory, not written to disk.
     "7b": ModelShape(
         name="7b",
         hidden_size=3584,

@@ -1,196 +1,34 @@
-"""OpenSearch side of lychee-rerank: an ml-commons connector, a remote model and a rerank search pipeline.
-
-OpenSearch 2.12+ reranks search results with the ``rerank`` response processor, which calls a
-text-similarity model. ml-commons reaches a model over HTTP through a connector; its built-in Cohere
-rerank functions (``connector.pre_process.cohere.rerank`` / ``connector.post_process.cohere.rerank``)
-speak the shape the service's ``/v1/rerank`` answers (DESIGN §6). ``install_rerank_pipeline`` sets up all
-of it, idempotently::
-
-    from opensearchpy import OpenSearch
-    from lychee_rerank.plugins.opensearch import install_rerank_pipeline, rerank_search_body
-
-    client = OpenSearch("http://localhost:9200")
-    installed = install_rerank_pipeline(client, "http://rerank:8000", document_fields=["text"])
-    client.search(index="docs", body=rerank_search_body({"match": {"text": "red shoes"}}, query_text="red shoes"),
-                  params={"search_pipeline": installed.pipeline_id})
-
-Images travel through OpenSearch only as strings: store ``{"text": ..., "image": ...}`` as a JSON string in a
-document field, list that field in ``document_fields`` and install with ``multimodal=True``.
-
-The same is on the command line: ``lychee-rerank opensearch install --os-url ... --rerank-url ...``, ``check``
-and ``uninstall``.
-"""
+"""Talking to the cluster: version and plugin checks, cluster settings, and the install, check and uninstall
+of the connector, model and search pipeline (idempotent: each part is looked up before it is created)."""
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import json
-import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from lychee_rerank.core.errors import LycheeError
+from lychee_rerank.plugins._common import PROBE_DOCUMENTS, PROBE_QUERY, parse_version, rerank_endpoint_url
+from lychee_rerank.plugins.opensearch.bodies import (
+    DEFAULT_NAME,
+    MINIMUM_VERSION,
+    PRIVATE_IP_SETTING,
+    REQUIRED_PLUGINS,
+    TRUSTED_ENDPOINTS_SETTING,
+    connector_body,
+    model_body,
+    model_group_body,
+    needs_private_ip,
+    pipeline_body,
+    trusted_endpoint_regex,
+)
 
 if TYPE_CHECKING:  # the client is an optional extra: import it only where it is used
     from opensearchpy import OpenSearch
 
-DEFAULT_NAME = "lychee-rerank"
-"""The connector's and the model's name and the search pipeline's id unless told otherwise."""
-
-JSON_DOCUMENTS_HEADER = "X-Lychee-Json-Documents"
-"""Asks the service to parse string documents holding ``{"text", "image"}`` JSON (core/server/serving.py)."""
-
-MINIMUM_VERSION = (2, 12)
-"""The oldest OpenSearch with the ``rerank`` processor and the Cohere rerank connector functions."""
-
-TRUSTED_ENDPOINTS_SETTING = "plugins.ml_commons.trusted_connector_endpoints_regex"
-PRIVATE_IP_SETTING = "plugins.ml_commons.connector.private_ip_enabled"
-REQUIRED_PLUGINS = {"opensearch-ml": "ml-commons", "opensearch-neural-search": "neural-search (the rerank processor)"}
-
-# The pre-process function fills ${parameters.query} (a string: the blueprint quotes it),
-# ${parameters.documents} (a JSON array) and ${parameters.top_n} (the number of documents).
-REQUEST_BODY = '{ "documents": ${parameters.documents}, "query": "${parameters.query}", "top_n": ${parameters.top_n} }'
-PRE_PROCESS_FUNCTION = "connector.pre_process.cohere.rerank"
-POST_PROCESS_FUNCTION = "connector.post_process.cohere.rerank"
-
 _ML = "/_plugins/_ml"
-_PROBE_QUERY = "lychee-rerank check"
-_PROBE_DOCUMENTS = ["a short test document", "another test document"]
-_DESCRIPTION = "Lychee-Rerank-MM through the lychee-rerank service (installed by lychee-rerank)"
-
-
-def rerank_endpoint_url(rerank_url: str) -> str:
-    """The service's ``/v1/rerank`` URL from its base URL; a URL already ending in a rerank route is kept.
-
-    Example:
-        >>> rerank_endpoint_url("http://rerank:8000")
-        'http://rerank:8000/v1/rerank'
-    """
-    url = rerank_url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise LycheeError(f"the rerank URL must start with http:// or https://, got {rerank_url!r}")
-    if url.endswith(("/v1/rerank", "/v2/rerank", "/rerank")):
-        return url
-    return url + "/v1/rerank"
-
-
-def trusted_endpoint_regex(rerank_url: str) -> str:
-    """The regex for ``trusted_connector_endpoints_regex`` that admits the service and nothing else.
-
-    Example:
-        >>> trusted_endpoint_regex("http://rerank.local:8000")
-        '^http://rerank\\\\.local:8000/.*$'
-    """
-    parts = urlsplit(rerank_endpoint_url(rerank_url))
-    return "^" + re.escape(f"{parts.scheme}://{parts.netloc}") + "/.*$"
-
-
-def needs_private_ip(rerank_url: str) -> bool:
-    """Whether the service's host is (or likely resolves to) a loopback or private address.
-
-    IP literals are judged exactly; ``localhost`` and single-label names (``rerank`` in docker compose)
-    count as private, dotted names as public.
-    """
-    host = urlsplit(rerank_endpoint_url(rerank_url)).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost" or "." not in host
-    return address.is_private or address.is_loopback or address.is_link_local
-
-
-def connector_body(
-    rerank_url: str, *, name: str = DEFAULT_NAME, api_key: str | None = None, multimodal: bool = False
-) -> dict[str, Any]:
-    """The body of ``POST /_plugins/_ml/connectors/_create`` for an HTTP connector to ``/v1/rerank``.
-
-    Example:
-        >>> connector_body("http://rerank:8000")["actions"][0]["url"]
-        'http://rerank:8000/v1/rerank'
-    """
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        # ${credential.api_key} is filled from the encrypted credential, which OpenSearch never returns.
-        headers["Authorization"] = "Bearer ${credential.api_key}"
-    if multimodal:
-        headers[JSON_DOCUMENTS_HEADER] = "true"
-    body: dict[str, Any] = {
-        "name": name,
-        "description": _DESCRIPTION,
-        "version": "1",
-        "protocol": "http",
-        "parameters": {},
-        "actions": [
-            {
-                "action_type": "predict",
-                "method": "POST",
-                "url": rerank_endpoint_url(rerank_url),
-                "headers": headers,
-                "request_body": REQUEST_BODY,
-                "pre_process_function": PRE_PROCESS_FUNCTION,
-                "post_process_function": POST_PROCESS_FUNCTION,
-            }
-        ],
-    }
-    # ml-commons refuses a connector without a credential ("Connector credential is null or empty list"),
-    # so a service without a key gets a placeholder that no header references.
-    body["credential"] = {"api_key": api_key} if api_key else {"no_api_key": "unused"}
-    return body
-
-
-def model_group_body(*, name: str = DEFAULT_NAME) -> dict[str, Any]:
-    """The body of ``POST /_plugins/_ml/model_groups/_register`` for the group holding the model."""
-    return {"name": name, "description": _DESCRIPTION}
-
-
-def model_body(connector_id: str, model_group_id: str, *, name: str = DEFAULT_NAME) -> dict[str, Any]:
-    """The body of ``POST /_plugins/_ml/models/_register`` for the remote model behind ``connector_id``."""
-    return {
-        "name": name,
-        "function_name": "remote",
-        "model_group_id": model_group_id,
-        "description": _DESCRIPTION,
-        "connector_id": connector_id,
-    }
-
-
-def pipeline_body(model_id: str, document_fields: Sequence[str]) -> dict[str, Any]:
-    """The body of ``PUT /_search/pipeline/<id>``: one ``rerank`` response processor using the model."""
-    if not document_fields:
-        raise LycheeError("give at least one document field for the rerank processor to score")
-    return {
-        "description": _DESCRIPTION,
-        "response_processors": [
-            {
-                "rerank": {
-                    "ml_opensearch": {"model_id": model_id},
-                    "context": {"document_fields": list(document_fields)},
-                }
-            }
-        ],
-    }
-
-
-def rerank_search_body(query: Mapping[str, Any], *, query_text: str, size: int | None = None) -> dict[str, Any]:
-    """A search body for an index searched with the rerank pipeline: the query plus ``ext.rerank``.
-
-    Send it with ``params={"search_pipeline": <pipeline id>}`` (or make the pipeline the index's
-    ``index.search.default_pipeline``). The processor reranks the hits the query returns, so ``size`` is the
-    rerank window.
-
-    Example:
-        >>> rerank_search_body({"match": {"text": "shoes"}}, query_text="shoes")["ext"]
-        {'rerank': {'query_context': {'query_text': 'shoes'}}}
-    """
-    body: dict[str, Any] = {"query": dict(query), "ext": {"rerank": {"query_context": {"query_text": query_text}}}}
-    if size is not None:
-        body["size"] = size
-    return body
 
 
 @dataclass(frozen=True)
@@ -287,12 +125,7 @@ def cluster_version(client: OpenSearch) -> tuple[int, int]:
     version = info.get("version") or {}
     if version.get("distribution") not in (None, "opensearch"):
         raise LycheeError(f"{version.get('distribution')!r} is not OpenSearch; use the elasticsearch plugin")
-    number = str(version.get("number", ""))
-    parts = number.split("-")[0].split(".")
-    try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
-    except ValueError:
-        raise LycheeError(f"cannot read the OpenSearch version {number!r}") from None
+    return parse_version(str(version.get("number", "")), "OpenSearch")
 
 
 def require_rerank_support(client: OpenSearch) -> tuple[int, int]:
@@ -617,13 +450,13 @@ def check_rerank_pipeline(
                 client,
                 "POST",
                 f"{_ML}/_predict/text_similarity/{model_id}",
-                body={"query_text": _PROBE_QUERY, "text_docs": _PROBE_DOCUMENTS},
+                body={"query_text": PROBE_QUERY, "text_docs": PROBE_DOCUMENTS},
                 what="run a test rerank",
             )
             outputs = ((answer.get("inference_results") or [{}])[0]).get("output") or []
             probe_scores = [float(output["data"][0]) for output in outputs]
-            if len(probe_scores) != len(_PROBE_DOCUMENTS):
-                problems.append(f"the probe got {len(probe_scores)} scores for {len(_PROBE_DOCUMENTS)} documents")
+            if len(probe_scores) != len(PROBE_DOCUMENTS):
+                problems.append(f"the probe got {len(probe_scores)} scores for {len(PROBE_DOCUMENTS)} documents")
         except LycheeError as error:
             problems.append(str(error))
     return PipelineStatus(connector_id, model_id, model_state, pipeline_id, pipeline_model_id, probe_scores, problems)
@@ -651,133 +484,3 @@ def uninstall_rerank_pipeline(
         _delete(client, f"{_ML}/connectors/{connector['_id']}", what=f"delete connector {connector['_id']}")
         deleted["connectors"].append(str(connector["_id"]))
     return deleted
-
-
-# -- command line --------------------------------------------------------------------------------------
-
-ClientFactory = Callable[[argparse.Namespace], "OpenSearch"]
-
-
-def _default_client(args: argparse.Namespace) -> OpenSearch:
-    from lychee_rerank.core.extras import require
-
-    module = require("opensearchpy", "opensearch")
-    options: dict[str, Any] = {}
-    if args.os_user:
-        options["http_auth"] = (args.os_user, args.os_password or "")
-    if args.insecure:
-        options["verify_certs"] = False
-        options["ssl_show_warn"] = False
-    client: OpenSearch = module.OpenSearch(args.os_url, **options)
-    return client
-
-
-def _install_command(args: argparse.Namespace) -> int:
-    result = install_rerank_pipeline(
-        args.client_factory(args),
-        args.rerank_url,
-        document_fields=args.document_field or ["text"],
-        name=args.name,
-        pipeline_id=args.pipeline_id,
-        api_key=args.api_key,
-        multimodal=args.multimodal,
-        allow_private_ip=args.allow_private_ip,
-        replace=args.replace,
-    )
-    # Never print the API key: only ids and what happened.
-    for part, action in result.actions.items():
-        print(f"{part}: {action}")
-    print(f"connector_id: {result.connector_id}")
-    print(f"model_id: {result.model_id}")
-    print(f"search with: ?search_pipeline={result.pipeline_id} and ext.rerank.query_context.query_text")
-    return 0
-
-
-def _check_command(args: argparse.Namespace) -> int:
-    status = check_rerank_pipeline(
-        args.client_factory(args), name=args.name, pipeline_id=args.pipeline_id, probe=not args.no_probe
-    )
-    if args.json:
-        print(json.dumps({**status.__dict__, "ok": status.ok}, indent=2))
-    else:
-        print(f"{'ok' if status.ok else 'NOT OK'}: search pipeline {status.pipeline_id!r}")
-        print(f"  connector: {status.connector_id}  model: {status.model_id} ({status.model_state})")
-        if status.probe_scores is not None:
-            print(f"  probe scores: {', '.join(f'{score:.4f}' for score in status.probe_scores)}")
-        for problem in status.problems:
-            print(f"  problem: {problem}")
-    return 0 if status.ok else 1
-
-
-def _uninstall_command(args: argparse.Namespace) -> int:
-    deleted = uninstall_rerank_pipeline(args.client_factory(args), name=args.name, pipeline_id=args.pipeline_id)
-    for kind, ids in deleted.items():
-        print(f"deleted {kind}: {', '.join(ids) if ids else 'none'}")
-    return 0
-
-
-def register(subparsers: Any, *, client_factory: ClientFactory | None = None) -> None:
-    """Adds ``lychee-rerank opensearch {install,check,uninstall}``.
-
-    Args:
-        subparsers: The ``add_subparsers()`` object of the ``lychee-rerank`` parser.
-        client_factory: Builds the client from the parsed arguments; tests pass one that returns a client
-            over a fake connection. By default an ``OpenSearch(--os-url)``.
-    """
-    parser = subparsers.add_parser(
-        "opensearch",
-        help="install the OpenSearch connector, model and rerank search pipeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="opensearch_command", required=True)
-
-    def common(command: argparse.ArgumentParser) -> None:
-        command.add_argument(
-            "--os-url",
-            default=os.environ.get("OPENSEARCH_URL", "http://localhost:9200"),
-            help="the cluster's URL (default: $OPENSEARCH_URL or http://localhost:9200)",
-        )
-        command.add_argument("--os-user", default=os.environ.get("OPENSEARCH_USER"), help="basic-auth user")
-        command.add_argument(
-            "--os-password", default=os.environ.get("OPENSEARCH_PASSWORD"), help="(default: $OPENSEARCH_PASSWORD)"
-        )
-        command.add_argument("--insecure", action="store_true", help="do not verify the cluster's TLS certificate")
-        command.add_argument("--name", default=DEFAULT_NAME, help="the connector's and model's name")
-        command.add_argument("--pipeline-id", help="the search pipeline's id (default: --name)")
-        command.set_defaults(client_factory=client_factory or _default_client)
-
-    install = commands.add_parser("install", help="create or update connector, model and pipeline (idempotent)")
-    common(install)
-    install.add_argument("--rerank-url", required=True, help="the service's URL as the cluster reaches it")
-    install.add_argument(
-        "--document-field",
-        action="append",
-        help="a _source field the service scores (repeat; default: text)",
-    )
-    install.add_argument(
-        "--api-key",
-        default=os.environ.get("LYCHEE_RERANK_API_KEY"),
-        help="the service's API key, stored as an encrypted connector credential (default: $LYCHEE_RERANK_API_KEY)",
-    )
-    install.add_argument(
-        "--multimodal", action="store_true", help="make the service parse {text, image} JSON-string documents"
-    )
-    install.add_argument(
-        "--allow-private-ip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="set plugins.ml_commons.connector.private_ip_enabled (default: when the URL's host looks private)",
-    )
-    install.add_argument("--replace", action="store_true", help="recreate connector and model even if identical")
-    install.set_defaults(handler=_install_command)
-
-    check = commands.add_parser("check", help="look every part up and rerank two test documents")
-    common(check)
-    check.add_argument("--no-probe", action="store_true", help="only look the parts up")
-    check.add_argument("--json", action="store_true", help="print JSON")
-    check.set_defaults(handler=_check_command)
-
-    uninstall = commands.add_parser("uninstall", help="delete the pipeline, the model and the connector")
-    common(uninstall)
-    uninstall.set_defaults(handler=_uninstall_command)

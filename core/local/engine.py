@@ -35,7 +35,7 @@ import torch
 
 from lychee_rerank.core.errors import ImageError, InvalidInputError, ModelLoadError
 from lychee_rerank.core.inputs import Document, Query
-from lychee_rerank.core.loading import LoadedModel
+from lychee_rerank.core.local.loading import LoadedModel
 from lychee_rerank.core.media import DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
 from lychee_rerank.core.profiles import Profile
 
