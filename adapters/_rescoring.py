@@ -1,4 +1,4 @@
-"""Client-side rescoring of search hits, as Elasticsearch's query rescorer combines scores (DESIGN §6).
+"""Client-side rescoring of search hits, as Elasticsearch's query rescorer combines scores.
 
 Engine-agnostic: it works on plain dict search requests and responses, so the Elasticsearch and
 OpenSearch adapters share it (adapters never import each other). The user writes an ordinary search

@@ -3,7 +3,7 @@
 Engine-agnostic mechanism shared by the LangChain compressor and the LlamaIndex postprocessor (adapters
 never import each other): turning a framework's text, metadata and image fields into a :class:`Document`,
 calling the reranker with ``top_n``, ``score_threshold`` and an optional deadline, and falling back to
-the first-stage order when the reranker is down or slow (DESIGN §6).
+the first-stage order when the reranker is down or slow.
 
 Fail-open rule: the fallback covers failures of the reranker as a service, that is a
 :class:`LycheeError` other than :class:`InvalidInputError`, an ``OSError`` (connection refused, reset),

@@ -1,4 +1,4 @@
-"""Elasticsearch: client-side rescoring of search hits with Lychee-Rerank-MM (DESIGN §6).
+"""Elasticsearch: client-side rescoring of search hits with Lychee-Rerank-MM.
 
 Elasticsearch's own ``rescore`` cannot call a neural model, so the rescorer runs the user's ordinary
 search with ``size`` grown to the window, reranks the window's hits (text fields and an image field from

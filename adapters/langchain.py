@@ -1,4 +1,4 @@
-"""LangChain: Lychee reranking as a ``BaseDocumentCompressor`` (DESIGN §6).
+"""LangChain: Lychee reranking as a ``BaseDocumentCompressor``.
 
 Use it as the ``base_compressor`` of a ``ContextualCompressionRetriever`` (in LangChain 1.x it lives in
 the ``langchain-classic`` package: ``langchain_classic.retrievers.ContextualCompressionRetriever``), or

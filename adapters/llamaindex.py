@@ -1,4 +1,4 @@
-"""LlamaIndex: Lychee reranking as a ``BaseNodePostprocessor`` (DESIGN §6).
+"""LlamaIndex: Lychee reranking as a ``BaseNodePostprocessor``.
 
 Text nodes are judged on their content (with metadata as the embedding sees it, like LlamaIndex's own
 rerankers); an ``ImageNode`` on its image (``image`` base64, else ``image_path``, else ``image_url``) and

@@ -1,4 +1,4 @@
-"""OpenSearch: client-side rescoring of search hits with Lychee-Rerank-MM (DESIGN §6).
+"""OpenSearch: client-side rescoring of search hits with Lychee-Rerank-MM.
 
 The same mechanism as :mod:`lychee_rerank.adapters.elasticsearch` (both are
 :mod:`lychee_rerank.adapters._rescoring`): the user's ordinary search runs with ``size`` grown to the window,

@@ -1,4 +1,4 @@
-"""Qdrant: rerank what ``query_points`` finds, text and images, with Lychee-Rerank-MM (DESIGN §6).
+"""Qdrant: rerank what ``query_points`` finds, text and images, with Lychee-Rerank-MM.
 
 :class:`QdrantReranker` (``QdrantClient``: ``":memory:"``, ``path=``, a server URL) and
 :class:`AsyncQdrantReranker` (``AsyncQdrantClient``) run the caller's ``query_points`` (any query,

@@ -27,6 +27,7 @@ from typing import Any, cast, get_args
 import httpx
 from PIL import Image
 
+from lychee_rerank.core import wire
 from lychee_rerank.core.errors import ImageError, ImageErrorReason, InvalidInputError, LycheeError
 from lychee_rerank.core.inputs import Document, DocumentLike, ImageInput, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker, Reranker, RerankResult, check_rerank_options
@@ -158,7 +159,7 @@ class RemoteReranker(BaseReranker):
         if max_retries < 0:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
         self.url = url.rstrip("/")
-        key = api_key if api_key is not None else os.environ.get("LYCHEE_API_KEY")
+        key = api_key if api_key is not None else os.environ.get(wire.API_KEY_ENV)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.timeout = timeout
         self.max_retries = max_retries
@@ -227,7 +228,7 @@ class RemoteReranker(BaseReranker):
         attempt = 0
         while True:
             try:
-                response = self._client.post(f"{self.url}/v1/rerank", json=body)
+                response = self._client.post(f"{self.url}{wire.RERANK_ROUTE}", json=body)
             except httpx.TransportError as error:
                 delay = self._delay(attempt, None)
                 if delay is None:
@@ -279,7 +280,7 @@ class RemoteReranker(BaseReranker):
             attempt = 0
             while True:
                 try:
-                    response = await client.post(f"{self.url}/v1/rerank", json=body)
+                    response = await client.post(f"{self.url}{wire.RERANK_ROUTE}", json=body)
                 except httpx.TransportError as error:
                     delay = self._delay(attempt, None)
                     if delay is None:

@@ -9,8 +9,14 @@ from __future__ import annotations
 RERANK_ROUTE = "/v1/rerank"
 """Cohere v2 / Jina shaped rerank: what the client and both search-engine plugins call."""
 
-RERANK_ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank")
-"""Every rerank route of the service; ``/rerank`` also speaks TEI when the body has ``texts``."""
+RERANK_V2_ROUTE = "/v2/rerank"
+"""The same, at the path the Cohere v2 SDK calls."""
+
+RERANK_ANY_ROUTE = "/rerank"
+"""Cohere/Jina when the body has ``documents``, Text Embeddings Inference when it has ``texts``."""
+
+RERANK_ROUTES = (RERANK_ROUTE, RERANK_V2_ROUTE, RERANK_ANY_ROUTE)
+"""Every rerank route of the service."""
 
 BATCH_ROUTE = "/rerank_batch"
 SCORE_ROUTE = "/score"

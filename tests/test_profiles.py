@@ -1,4 +1,4 @@
-"""Golden prompts: the exact text the model sees for each modality (DESIGN §3)."""
+"""Golden prompts: the exact text the model sees for each modality."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from lychee_rerank.core import __version__
+from lychee_rerank.core import __version__, wire
 from lychee_rerank.core.local import LocalReranker
 from lychee_rerank.core.local.engine import ScoringEngine
 from lychee_rerank.core.server.errors import install_error_handlers
@@ -30,7 +30,7 @@ from lychee_rerank.core.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
-ROUTES = ("/v1/rerank", "/v2/rerank", "/rerank", "/rerank_batch", "/score", "/health", "/metrics")
+ROUTES = (*wire.RERANK_ROUTES, wire.BATCH_ROUTE, wire.SCORE_ROUTE, wire.HEALTH_ROUTE, wire.METRICS_ROUTE)
 
 
 def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: ScoreFunction | None = None) -> FastAPI:
@@ -94,14 +94,14 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
     install_error_handlers(app)
     app.include_router(router)
 
-    @app.get("/health", response_model=Health, summary="Readiness", responses={503: {"model": Health}})
+    @app.get(wire.HEALTH_ROUTE, response_model=Health, summary="Readiness", responses={503: {"model": Health}})
     async def health() -> JSONResponse:
         """200 once the model is loaded and the scheduler runs; 503 otherwise."""
         ready = scheduler.running
         body = Health(status="ok" if ready else "unavailable", model=model_name, queue_depth=scheduler.depth)
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(wire.METRICS_ROUTE, summary="Prometheus metrics", response_class=Response)
     async def prometheus(request: Request) -> Response:
         """Requests by route and status, latency, batch sizes, queue depth, documents scored."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -110,7 +110,7 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
         _mount_ui(app, scorer, settings.api_key)
     # Outermost first: metrics see every answer, the body limit runs before any parsing.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=(*ROUTES, "/ui"))
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=(*ROUTES, wire.UI_ROUTE))
     return app
 
 
@@ -127,4 +127,4 @@ def _mount_ui(app: FastAPI, scorer: ScheduledReranker, api_key: str | None) -> N
         logger.warning("the UI cannot be mounted: %s", error)
         return
     # The key goes to the UI too: a browser cannot send a Bearer header, and the UI must not bypass it.
-    ui.mount_ui(app, scorer, path="/ui", api_key=api_key)
+    ui.mount_ui(app, scorer, path=wire.UI_ROUTE, api_key=api_key)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from lychee_rerank.core import wire
 from lychee_rerank.core.interface import rank
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import (
@@ -91,7 +92,7 @@ async def _cohere(body: RerankRequest, request: Request, state: ServiceState) ->
         json_documents=wants_json_documents(request, state.settings),
         max_tokens=body.max_tokens_per_doc,
     )
-    scores = await state.scorer.ascore_until_disconnect(query, documents, instruction=body.instruction, request=request)
+    scores = await state.scorer.score_request(query, documents, instruction=body.instruction, request=request)
     results = rank(documents, scores, top_n=body.top_n, min_score=body.min_score)
     return RerankResponse(
         id=str(uuid.uuid4()),
@@ -109,13 +110,13 @@ async def _cohere(body: RerankRequest, request: Request, state: ServiceState) ->
     )
 
 
-@router.post("/v1/rerank", response_model_exclude_none=True, summary="Rerank (Cohere / Jina)")
+@router.post(wire.RERANK_ROUTE, response_model_exclude_none=True, summary="Rerank (Cohere / Jina)")
 async def rerank_v1(body: RerankRequest, request: Request, state: State) -> RerankResponse:
     """Cohere v2 / Jina rerank: documents as strings, ``{text?, image?}`` or content lists."""
     return await _cohere(body, request, state)
 
 
-@router.post("/v2/rerank", response_model_exclude_none=True, summary="Rerank (Cohere v2)")
+@router.post(wire.RERANK_V2_ROUTE, response_model_exclude_none=True, summary="Rerank (Cohere v2)")
 async def rerank_v2(body: RerankRequest, request: Request, state: State) -> RerankResponse:
     """The same as ``/v1/rerank`` (the path the Cohere v2 SDK calls)."""
     return await _cohere(body, request, state)
@@ -123,7 +124,7 @@ async def rerank_v2(body: RerankRequest, request: Request, state: State) -> Rera
 
 async def _tei(body: TEIRerankRequest, request: Request, state: ServiceState) -> list[TEIRank]:
     query, documents, _ = build_inputs(body.query, body.texts, state.settings, state.truncator)
-    scores = await state.scorer.ascore_until_disconnect(query, documents, instruction=body.instruction, request=request)
+    scores = await state.scorer.score_request(query, documents, instruction=body.instruction, request=request)
     results = rank(documents, scores, top_n=body.top_n, min_score=body.min_score)
     return [
         TEIRank(
@@ -136,7 +137,7 @@ async def _tei(body: TEIRerankRequest, request: Request, state: ServiceState) ->
 
 
 @router.post(
-    "/rerank",
+    wire.RERANK_ANY_ROUTE,
     response_model=RerankResponse | list[TEIRank],
     response_model_exclude_none=True,
     summary="Rerank (Cohere/Jina with `documents`, TEI with `texts`)",
@@ -169,7 +170,7 @@ def _markdown(rows: list[BatchResult]) -> str:
     return "\n".join(lines)
 
 
-@router.post("/rerank_batch", summary="Rerank a batch (original API, with a Markdown table)")
+@router.post(wire.BATCH_ROUTE, summary="Rerank a batch (original API, with a Markdown table)")
 async def rerank_batch(body: BatchRequest, request: Request, state: State) -> BatchResponse:
     """One query, many ``{text?, image?}`` documents; results best first and as a Markdown table."""
     query, documents, raw = build_inputs(
@@ -179,7 +180,7 @@ async def rerank_batch(body: BatchRequest, request: Request, state: State) -> Ba
         state.truncator,
         json_documents=wants_json_documents(request, state.settings),
     )
-    scores = await state.scorer.ascore_until_disconnect(query, documents, instruction=body.instruction, request=request)
+    scores = await state.scorer.score_request(query, documents, instruction=body.instruction, request=request)
     results = rank(documents, scores, top_n=body.top_n, min_score=body.min_score)
     rows = [
         BatchResult(rank=position, index=result.index, score=result.score, **raw[result.index])
@@ -188,9 +189,9 @@ async def rerank_batch(body: BatchRequest, request: Request, state: State) -> Ba
     return BatchResponse(model=state.model_name, results=rows, markdown=_markdown(rows))
 
 
-@router.post("/score", summary="Score one query-document pair")
+@router.post(wire.SCORE_ROUTE, summary="Score one query-document pair")
 async def score_pair(body: ScoreRequest, request: Request, state: State) -> ScoreResponse:
     """The probability that one document satisfies the query."""
     query, documents, _ = build_inputs(body.query, [body.document], state.settings, state.truncator)
-    scores = await state.scorer.ascore_until_disconnect(query, documents, instruction=body.instruction, request=request)
+    scores = await state.scorer.score_request(query, documents, instruction=body.instruction, request=request)
     return ScoreResponse(model=state.model_name, score=scores[0])

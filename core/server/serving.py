@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
+from lychee_rerank.core import wire
 from lychee_rerank.core.errors import ImageError, InvalidInputError
 from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker
@@ -27,6 +28,7 @@ from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import Content
 from lychee_rerank.core.server.scheduler import QueueFullError, Scheduler, SchedulerClosedError
 from lychee_rerank.core.server.settings import ServerSettings
+from lychee_rerank.core.sources import is_url
 
 _TRUNCATE_CHECK_CHARS = 32  # no token of these tokenizers is longer than this many characters
 
@@ -88,7 +90,7 @@ def _json_document(value: str) -> dict[str, str] | None:
 
 def wants_json_documents(request: Request, settings: ServerSettings) -> bool:
     """Whether string documents holding JSON objects should become multimodal documents."""
-    flag = request.query_params.get("json_documents") or request.headers.get("x-lychee-json-documents")
+    flag = request.query_params.get(wire.JSON_DOCUMENTS_PARAM) or request.headers.get(wire.JSON_DOCUMENTS_HEADER)
     if flag is None:
         return settings.json_documents
     return flag.strip().lower() in ("1", "true", "yes", "on")
@@ -159,7 +161,14 @@ def build_inputs(
             return fields
         return {**fields, "text": cutter(fields["text"])}
 
-    return as_query(cut(query_fields, truncate)), as_documents([cut(fields, limited) for fields in raw]), raw
+    query_value = Query(**cut(query_fields, truncate))
+    parsed = []
+    for index, fields in enumerate(raw):
+        try:
+            parsed.append(Document(**cut(fields, limited)))
+        except InvalidInputError as error:
+            raise InvalidInputError(f"document {index}: {error}") from None
+    return query_value, parsed, raw
 
 
 def logit(probability: float) -> float:
@@ -186,13 +195,9 @@ class ScheduledReranker(BaseReranker):
         self.timeout_s = timeout_s
         self.media_policy = media_policy
 
-    def _submit(
-        self, query: QueryLike, documents: Sequence[DocumentLike], instruction: str | None
-    ) -> Future[list[float]]:
-        parsed_query = as_query(query)
-        parsed = as_documents(documents)
+    def _submit(self, query: Query, documents: list[Document], instruction: str | None) -> Future[list[float]]:
         try:
-            return self.scheduler.submit(parsed_query, parsed, resolve_instruction(instruction))
+            return self.scheduler.submit(query, documents, resolve_instruction(instruction))
         except QueueFullError as error:
             raise ServiceError(
                 429, "overloaded", str(error), headers={"Retry-After": str(error.retry_after_s)}
@@ -204,7 +209,7 @@ class ScheduledReranker(BaseReranker):
         self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
     ) -> list[float]:
         """Scores through the scheduler, blocking this thread."""
-        future = self._submit(query, documents, instruction)
+        future = self._submit(as_query(query), as_documents(documents), instruction)
         try:
             return future.result(timeout=self.timeout_s)
         except FutureTimeoutError:  # not the builtin TimeoutError before Python 3.11
@@ -215,21 +220,23 @@ class ScheduledReranker(BaseReranker):
         self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
     ) -> list[float]:
         """Scores through the scheduler without blocking the event loop or using a thread."""
-        return await self.ascore_until_disconnect(query, documents, instruction=instruction)
+        return await self.score_request(as_query(query), as_documents(documents), instruction=instruction)
 
-    async def ascore_until_disconnect(
+    async def score_request(
         self,
-        query: QueryLike,
-        documents: Sequence[DocumentLike],
+        query: Query,
+        documents: list[Document],
         *,
         instruction: str | None = None,
         request: Request | None = None,
     ) -> list[float]:
-        """``ascore`` that also gives up, dropping the queued work, when ``request``'s client disconnects."""
-        parsed_query, parsed = as_query(query), as_documents(documents)
+        """Scores a request's query and documents, already converted at the service boundary.
+
+        Gives up, dropping the queued work, when ``request``'s client disconnects.
+        """
         if self.media_policy is not None:
-            parsed_query, parsed = await fetch_image_urls(parsed_query, parsed, self.media_policy)
-        future = asyncio.wrap_future(self._submit(parsed_query, parsed, instruction))
+            query, documents = await fetch_image_urls(query, documents, self.media_policy)
+        future = asyncio.wrap_future(self._submit(query, documents, instruction))
         watcher = asyncio.ensure_future(_wait_for_disconnect(request)) if request is not None else None
         waiting: set[asyncio.Future[Any]] = {future} if watcher is None else {future, watcher}
         try:
@@ -245,10 +252,6 @@ class ScheduledReranker(BaseReranker):
         raise _timeout(self.timeout_s)
 
 
-def _is_url(image: object) -> bool:
-    return isinstance(image, str) and image.lstrip()[:8].lower().startswith(("http://", "https://"))
-
-
 async def fetch_image_urls(
     query: Query, documents: list[Document], policy: MediaPolicy
 ) -> tuple[Query, list[Document]]:
@@ -262,7 +265,7 @@ async def fetch_image_urls(
     """
     items: list[tuple[str, Query | Document]] = [("query", query)]
     items += [(f"document {index}", document) for index, document in enumerate(documents)]
-    urls = list(dict.fromkeys(str(item.image) for _, item in items if _is_url(item.image)))
+    urls = list(dict.fromkeys(str(item.image) for _, item in items if is_url(item.image)))
     if not urls:
         return query, documents
     outcomes = await asyncio.gather(
@@ -270,14 +273,14 @@ async def fetch_image_urls(
     )
     fetched = dict(zip(urls, outcomes, strict=True))
     for where, item in items:
-        outcome = fetched.get(str(item.image)) if _is_url(item.image) else None
+        outcome = fetched.get(str(item.image)) if is_url(item.image) else None
         if isinstance(outcome, ImageError):
             raise outcome.located(where) from outcome.__cause__
         if isinstance(outcome, BaseException):
             raise outcome
 
     def swap(item: Any) -> Any:
-        return replace(item, image=fetched[str(item.image)]) if _is_url(item.image) else item
+        return replace(item, image=fetched[str(item.image)]) if is_url(item.image) else item
 
     return swap(query), [swap(document) for document in documents]
 

@@ -23,6 +23,7 @@ from lychee_rerank.core.extras import require
 from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.interface import Reranker, RerankResult
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, resolve_instruction
+from lychee_rerank.core.sources import is_reference
 
 if TYPE_CHECKING:
     import fastapi
@@ -35,7 +36,6 @@ PRESET_CHOICES = [DEFAULT_PRESET, *INSTRUCTION_PRESETS]
 """The instruction dropdown: the profile's default, then every named preset."""
 
 RESULT_HEADERS = ["rank", "score", "index", "text", "image"]
-_IMAGE_REFERENCE_PREFIXES = ("http://", "https://", "data:")
 
 
 def instruction_for(preset: str | None, custom: str | None) -> str | None:
@@ -80,7 +80,7 @@ def parse_document_lines(lines: str | None) -> list[Document]:
         if not line.strip():
             continue
         text, bar, reference = line.rpartition("|")
-        if bar and reference.strip().startswith(_IMAGE_REFERENCE_PREFIXES):
+        if bar and is_reference(reference):
             documents.append(Document(text=_text(text.strip()), image=reference.strip()))
         else:
             documents.append(Document(text=line.strip()))

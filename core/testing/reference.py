@@ -1,7 +1,7 @@
 """The naive reference scorer: one pair per forward pass, full logits, softmax over yes/no.
 
 Tests check the engine against it and benchmarks measure the engine's speed-up over it. It is written
-from the Lychee prompt and score rule alone (DESIGN §3), independently of the engine: it builds the
+from the Lychee prompt and score rule alone, independently of the engine: it builds the
 messages by hand and uses the processor's own text+image pipeline, so agreeing with it checks the
 engine's prompt, image handling, batching and two-row head. Never use it to serve: it is slow on purpose.
 """
