@@ -107,7 +107,10 @@ def test_local_reranker_without_torch_is_an_import_error_naming_local() -> None:
 )
 def test_example_without_its_framework_is_one_line_naming_the_extra(example: str, blocked: str, extra: str) -> None:
     path = ROOT / "examples" / f"{example}.py"
-    code = f"import runpy\nsys.argv = [{str(path)!r}, '--model', 'tiny']\nrunpy.run_path(sys.argv[0], run_name='__main__')\n"
+    code = (
+        f"import runpy\nsys.argv = [{str(path)!r}, '--model', 'tiny']\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
     result = _run_without((blocked,), code)
     _assert_one_line_naming(result, extra)
     assert result.stderr.startswith(f"error: examples/{example}.py needs ")
