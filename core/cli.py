@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--model",
         default=None,
-        help="hub id, checkpoint folder, or 'tiny' (default: vec-ai/lychee-rerank-mm)",
+        help="hub id, checkpoint folder, or 'tiny' (default: $LYCHEE_MODEL, else vec-ai/lychee-rerank-mm)",
     )
     score.add_argument("--profile", default="lychee", choices=sorted(PROFILES))
     score.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")

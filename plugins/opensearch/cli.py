@@ -109,9 +109,13 @@ def register(subparsers: Any, *, client_factory: ClientFactory | None = None) ->
             default=os.environ.get("OPENSEARCH_URL", "http://localhost:9200"),
             help="the cluster's URL (default: $OPENSEARCH_URL or http://localhost:9200)",
         )
-        command.add_argument("--os-user", default=os.environ.get("OPENSEARCH_USER"), help="basic-auth user")
         command.add_argument(
-            "--os-password", default=os.environ.get("OPENSEARCH_PASSWORD"), help="(default: $OPENSEARCH_PASSWORD)"
+            "--os-user", default=os.environ.get("OPENSEARCH_USER"), help="basic-auth user (default: $OPENSEARCH_USER)"
+        )
+        command.add_argument(
+            "--os-password",
+            default=os.environ.get("OPENSEARCH_PASSWORD"),
+            help="basic-auth password; prefer $OPENSEARCH_PASSWORD, which the process list does not show",
         )
         command.add_argument("--insecure", action="store_true", help="do not verify the cluster's TLS certificate")
         command.add_argument("--name", default=DEFAULT_NAME, help="the connector's and model's name")
