@@ -26,7 +26,6 @@ from lychee_rerank.adapters.llamaindex import LycheeRerank as LlamaIndexRerank
 from lychee_rerank.adapters.opensearch import OpenSearchRescorer
 from lychee_rerank.adapters.qdrant import FIRST_STAGE_SCORE_KEY, QdrantReranker
 from lychee_rerank.core import Document, RemoteReranker
-from lychee_rerank.core.cli import main
 from lychee_rerank.plugins.elasticsearch import text_similarity_reranker_body
 from lychee_rerank.plugins.opensearch import rerank_search_body
 
@@ -159,18 +158,3 @@ def test_plugin_request_bodies_build_without_a_cluster() -> None:
     body = text_similarity_reranker_body({"match": {"title": QUERY_TEXT}}, field="title", inference_text=QUERY_TEXT)
     assert body["retriever"]["text_similarity_reranker"]["inference_text"] == QUERY_TEXT
     assert rerank_search_body({"match": {"title": QUERY_TEXT}}, query_text=QUERY_TEXT, size=5)["size"] == 5
-
-
-@pytest.mark.parametrize("argv", [["--help"], ["elasticsearch", "--help"], ["opensearch", "install", "--help"]])
-def test_command_line_help_works_in_the_light_install(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(argv)
-    assert raised.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: lychee-rerank")
-
-
-def test_score_without_the_local_extra_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["score", "--model", "tiny", "--query", "q", "--doc", "d"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: 'torch' is not installed; it comes with the 'local' extra: pip install 'lychee-rerank[local]'"
-    )
