@@ -101,7 +101,11 @@ def _print_install(result: InstallResult) -> None:
 
 def _check_command(args: argparse.Namespace) -> int:
     status = check_rerank_pipeline(
-        args.client_factory(args), name=args.name, pipeline_id=args.pipeline_id, probe=not args.no_probe
+        args.client_factory(args),
+        name=args.name,
+        pipeline_id=args.pipeline_id,
+        probe=not args.no_probe,
+        search=not args.no_search,
     )
     return print_check(
         status,
@@ -178,9 +182,14 @@ def register(subparsers: Any, *, client_factory: ClientFactory | None = None, re
     install.add_argument("--no-verify", action="store_true", help="skip the final test rerank and search")
     install.set_defaults(handler=_install_command, resolver=resolver)
 
-    check = commands.add_parser("check", help="look every part up and rerank two test documents")
+    check = commands.add_parser(
+        "check", help="look every part up, rerank two test documents and search them through the pipeline"
+    )
     common(check)
     add_check_arguments(check)
+    check.add_argument(
+        "--no-search", action="store_true", help="skip the test search (it creates and deletes a temporary index)"
+    )
     check.set_defaults(handler=_check_command)
 
     uninstall = commands.add_parser("uninstall", help="delete the pipeline, the model and the connector")
