@@ -29,7 +29,8 @@ rerank as many hits as native ``rescore`` would on N shards, use ``window_size *
 
 The request sent asks for ``max(window_size, from + size)`` hits from 0 (``size`` 0 stays 0: nothing to
 rerank). ``window_size`` defaults to 10, Elasticsearch's default, and is not grown with ``from + size``: a
-fixed window keeps page 2 consistent with page 1; a page past the window comes back in first-stage order.
+fixed window keeps page 2 consistent with page 1; a page past the window holds hits scored ``original *
+query_weight`` (with reranked hits that sank there, Elasticsearch's order).
 
 What the rewritten response holds (the keys are also module constants):
 
