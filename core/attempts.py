@@ -8,11 +8,18 @@ apart (as httpx shares its ``_send_handling_*`` logic between its clients).
 
 The rules, for a budget of ``timeout`` seconds from the start of the call:
 
-- Retried: a connection that could not be made (``ConnectError``, ``ConnectTimeout``), and a 429 or 503,
-  after ``Retry-After`` when the service sends one, else after ``backoff_s * 2**retry`` (capped at
-  ``max_backoff_s``), at most ``max_retries`` times. The request certainly did not run to an answer.
-- Not retried: a read (or write, or pool) timeout, as the request may still be running there, and every
-  other answer, which is final.
+- Retried: no answer arrived and none is coming, so the request did not run to an answer: a connection
+  that could not be made (``ConnectError``, ``ConnectTimeout``) or was closed before the answer was in
+  (``RemoteProtocolError``, ``ReadError``, ``WriteError``); and a 429 or 503, after ``Retry-After`` when
+  the service sends one, else after ``backoff_s * 2**retry`` (capped at ``max_backoff_s``). At most
+  ``max_retries`` times in all.
+- Not retried: a read (or write, or pool) timeout, as the request may still be running there; any other
+  answer is final.
+- Several endpoints (:mod:`lychee_rerank.core.endpoints`): the call starts on the next in turn; a retried
+  failure, or a 5xx, moves it to an endpoint it has not tried yet, at once; only once each has failed does
+  it wait, for the endpoint whose wait ends first. While endpoints are left to try, a connect gets an equal
+  share of the time left, so one host that drops packets cannot spend the whole budget. Every failure rests
+  its endpoint in the pool, for later calls too.
 - A wait that does not fit in what is left of the budget is not started: the call raises at once, saying
   when the service asked to be retried.
 - Each attempt gets only the time left: as its httpx connect/read/write/pool timeouts, as the deadline of
@@ -35,13 +42,20 @@ import httpx
 
 from lychee_rerank.core.answers import Answer, server_says
 from lychee_rerank.core.deadline import async_deadline_transport, deadline_at, deadline_transport
+from lychee_rerank.core.endpoints import Endpoint, EndpointPool
 from lychee_rerank.core.errors import RemoteRerankerError
 
 RETRY_STATUSES = frozenset({429, 503})
 """Answers that mean "overloaded" or "not ready yet": retried after ``Retry-After`` or a backoff."""
 
-CONNECTION_FAILURES = (httpx.ConnectError, httpx.ConnectTimeout)
-"""Transport errors after which the request certainly did not reach the service: retried."""
+CONNECTION_FAILURES = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+"""Transport errors after which no answer is coming (no connection, or it was closed): retried."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +77,14 @@ class Policy:
 
 @dataclass(frozen=True)
 class Send:
-    """Send the request to ``url``; everything about it stops at ``deadline`` (``time.monotonic``)."""
+    """Send the request to ``endpoint``; it must connect by ``connect_by`` and end by ``deadline``.
 
-    url: str
+    Both are ``time.monotonic`` moments.
+    """
+
+    endpoint: Endpoint
     deadline: float
+    connect_by: float
 
 
 @dataclass(frozen=True)
@@ -114,25 +132,43 @@ def described(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def plan(policy: Policy, url: str, where: str) -> Plan:
-    """The steps of one call to ``url`` (``where`` names the service in messages, without credentials).
+def plan(policy: Policy, pool: EndpointPool) -> Plan:
+    """The steps of one call to the service at the endpoints of ``pool``.
 
     Raises:
         RemoteRerankerError: The service did not answer in time, stayed overloaded or unreachable, or the
             transport failed otherwise; ``status`` is the last answer's, if any.
     """
     deadline = time.monotonic() + policy.timeout
-    retries = 0
+    order = pool.order()
+    failures: dict[Endpoint, int] = {}  # per endpoint, in this call
+    ready_at: dict[Endpoint, float] = {}  # when each failed endpoint may be tried again in this call
+    endpoint, retries = order[0], 0
     while True:
-        outcome = yield Send(url, deadline)
+        untried = [other for other in order if other not in failures and other != endpoint]
+        now = time.monotonic()
+        outcome = yield Send(endpoint, deadline, now + (deadline - now) / (1 + len(untried)))
         if outcome is None:
             raise RuntimeError("the driver sent no outcome for a Send step")
-        if isinstance(outcome, Answer) and outcome.status not in RETRY_STATUSES:
+        if isinstance(outcome, Answer) and outcome.status not in RETRY_STATUSES and outcome.status < 500:
+            pool.succeeded(endpoint)
             return outcome
-        problem = _retryable(outcome, policy, where)
         asked = retry_after_s(outcome.headers) if isinstance(outcome, Answer) else None
-        delay = min(policy.backoff_s * 2**retries, policy.max_backoff_s) if asked is None else asked
+        pool.failed(endpoint, at_least_s=asked)
+        failures[endpoint] = failures.get(endpoint, 0) + 1
+        if isinstance(outcome, Answer) and outcome.status not in RETRY_STATUSES:
+            # A 5xx moves the call to an endpoint it has not tried; with none left (or no retry, no time) it is final.
+            if not untried or retries >= policy.max_retries or time.monotonic() >= deadline:
+                return outcome
+            endpoint, retries = untried[0], retries + 1
+            continue
+        problem = _retryable(outcome, policy, endpoint, failures)
+        backoff = min(policy.backoff_s * 2 ** (failures[endpoint] - 1), policy.max_backoff_s)
+        ready_at[endpoint] = time.monotonic() + (backoff if asked is None else asked)
+        following = untried[0] if untried else min(ready_at, key=ready_at.__getitem__)
+        delay = max(ready_at.get(following, 0.0) - time.monotonic(), 0.0) if not untried else 0.0
         left = deadline - time.monotonic()
+        where = _where(endpoint, failures)
         if retries >= policy.max_retries:
             raise _giving_up(outcome, f"the reranking service at {where} is still {problem} after {retries} retries")
         if left <= 0:
@@ -146,17 +182,24 @@ def plan(policy: Policy, url: str, where: str) -> Plan:
                 f"the reranking service at {where} is {problem}; {when} in {delay:g} s, which does not fit in "
                 f"the {left:.2f} s left of timeout={policy.timeout:g} s; not retried",
             )
-        yield Wait(delay)
-        retries += 1
+        if delay > 0:
+            yield Wait(delay)
+        endpoint, retries = following, retries + 1
 
 
-def _retryable(outcome: Outcome, policy: Policy, where: str) -> str:
+def _where(endpoint: Endpoint, failures: dict[Endpoint, int]) -> str:
+    others = [other.base for other in failures if other != endpoint]
+    return endpoint.base if not others else f"{endpoint.base} (also tried {', '.join(others)})"
+
+
+def _retryable(outcome: Outcome, policy: Policy, endpoint: Endpoint, failures: dict[Endpoint, int]) -> str:
     """What a retryable outcome means ("overloaded (HTTP 429: ...)"); raises for one that is final."""
     if isinstance(outcome, Answer):
         state = "overloaded" if outcome.status == 429 else "unavailable"
         return f"{state} (HTTP {outcome.status}: {server_says(outcome)})"
     if isinstance(outcome, CONNECTION_FAILURES):
         return f"unreachable ({described(outcome)})"
+    where = _where(endpoint, failures)
     if isinstance(outcome, httpx.TimeoutException):
         verb = "did not finish its answer" if isinstance(outcome, StillArriving) else "did not answer"
         raise RemoteRerankerError(
@@ -185,12 +228,10 @@ class Connections:
     def __init__(
         self,
         headers: dict[str, str],
-        auth: httpx.Auth | None,
         transport: httpx.BaseTransport | None,
         async_transport: httpx.AsyncBaseTransport | None,
     ) -> None:
         self._headers = headers
-        self._auth = auth
         self._transport = transport
         self._async_transport = async_transport
         self._client: httpx.Client | None = None
@@ -201,13 +242,13 @@ class Connections:
         with self._lock:
             if self._client is None:
                 transport = self._transport if self._transport is not None else deadline_transport()
-                self._client = httpx.Client(headers=self._headers, auth=self._auth, transport=transport)
+                self._client = httpx.Client(headers=self._headers, transport=transport)
             return self._client
 
     def async_client(self) -> httpx.AsyncClient:
         """A new async client, for one call."""
         transport = self._async_transport if self._async_transport is not None else async_deadline_transport()
-        return httpx.AsyncClient(headers=self._headers, auth=self._auth, transport=transport)
+        return httpx.AsyncClient(headers=self._headers, transport=transport)
 
     def close(self) -> None:
         """Closes the sync client; the next call makes a new one."""
@@ -248,8 +289,9 @@ async def apost(steps: Plan, connections: Connections, content: bytes) -> Answer
                 return cast(Answer, done.value)
 
 
-def _timeouts(deadline: float) -> httpx.Timeout:
-    return httpx.Timeout(max(deadline - time.monotonic(), 0.001))
+def _timeouts(send: Send) -> httpx.Timeout:
+    now = time.monotonic()
+    return httpx.Timeout(max(send.deadline - now, 0.001), connect=max(send.connect_by - now, 0.001))
 
 
 def _until(chunks: Iterator[bytes], deadline: float) -> Iterator[bytes]:
@@ -272,10 +314,10 @@ _JSON = {"Content-Type": "application/json"}
 
 
 def _exchange(client: httpx.Client, send: Send, content: bytes) -> Outcome:
-    request = client.build_request("POST", send.url, content=content, headers=_JSON, timeout=_timeouts(send.deadline))
+    request = client.build_request("POST", send.endpoint.url, content=content, headers=_JSON, timeout=_timeouts(send))
     with deadline_at(send.deadline):
         try:
-            response = client.send(request, stream=True)
+            response = client.send(request, stream=True, auth=send.endpoint.auth)
             try:
                 body = b"".join(_until(response.iter_bytes(), send.deadline))
             finally:
@@ -286,10 +328,10 @@ def _exchange(client: httpx.Client, send: Send, content: bytes) -> Outcome:
 
 
 async def _aexchange(client: httpx.AsyncClient, send: Send, content: bytes) -> Outcome:
-    request = client.build_request("POST", send.url, content=content, headers=_JSON, timeout=_timeouts(send.deadline))
+    request = client.build_request("POST", send.endpoint.url, content=content, headers=_JSON, timeout=_timeouts(send))
     with deadline_at(send.deadline):
         try:
-            response = await client.send(request, stream=True)
+            response = await client.send(request, stream=True, auth=send.endpoint.auth)
             try:
                 body = b"".join([chunk async for chunk in _auntil(response.aiter_bytes(), send.deadline)])
             finally:

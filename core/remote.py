@@ -7,11 +7,13 @@ URLs and data URIs are passed through.
 Deadline: ``timeout`` is the caller's wall-clock budget for the whole call. Every attempt, every wait
 for a retry and every socket operation gets only what is left of it (see :mod:`lychee_rerank.core.deadline`),
 so a call returns or raises within ``timeout`` whether the service answers slowly, trickles its answer,
-accepts and never answers, or never accepts. Retries happen only where the request certainly did not run
-to an answer: a connection that could not be made, and a 429 or 503 (overloaded, starting), after
+accepts and never answers, or never accepts. Retries happen only where no answer is coming: a connection
+that could not be made or was closed before the answer, and a 429 or 503 (overloaded, starting), after
 ``Retry-After`` when the service sends it, else after an exponential backoff. A wait that does not fit in
 what is left of the budget is not started: the call raises at once, saying when the service asked to be
-retried. A read timeout is never retried (the request may still be running there).
+retried. A read timeout is never retried (the request may still be running there). The rules are in
+:mod:`lychee_rerank.core.attempts`; with several base URLs, calls take turns and a failing endpoint is
+skipped for a while (:mod:`lychee_rerank.core.endpoints`).
 
 Errors: input the service refuses (its own JSON error body on 400, 413 or 422) raises
 :class:`~lychee_rerank.core.InvalidInputError` (or :class:`~lychee_rerank.core.ImageError` with the
@@ -46,10 +48,11 @@ from PIL import Image
 from lychee_rerank.core import wire
 from lychee_rerank.core.answers import Answer, checked_results
 from lychee_rerank.core.attempts import Connections, Plan, Policy, apost, plan, post
+from lychee_rerank.core.endpoints import EndpointPool, parse_endpoints
 from lychee_rerank.core.errors import ImageError, RemoteAuthError, RemoteRerankerError
 from lychee_rerank.core.inputs import Document, DocumentLike, ImageInput, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker, Reranker, RerankResult, check_rerank_options
-from lychee_rerank.core.sources import MAX_PATH_CHARS, redact_url, source_kind
+from lychee_rerank.core.sources import MAX_PATH_CHARS, source_kind
 
 __all__ = ["RemoteAuthError", "RemoteReranker", "RemoteRerankerError", "as_reranker", "encode_image"]
 
@@ -134,13 +137,20 @@ class RemoteReranker(BaseReranker):
     """The service at ``url`` as a :class:`~lychee_rerank.core.Reranker`.
 
     Args:
-        url: The service's base URL, e.g. ``http://gpu-box:8000``. A ``user:password@`` in it is sent as HTTP
-            basic auth (for a proxy in front of the service) and never shown in errors, logs or ``repr``.
+        url: The service's base URL, e.g. ``http://gpu-box:8000``; or several (replicas without a load
+            balancer, two regions) as a list or comma-separated: calls are spread across them in turn, a
+            failure moves a call to the next, and an endpoint that keeps failing is rested for a while
+            (:mod:`lychee_rerank.core.endpoints`). A ``user:password@`` in a URL is sent as HTTP basic auth
+            (for a proxy in front of the service) and never shown in errors, logs or ``repr``.
         api_key: Sent as ``Authorization: Bearer``; default: ``$LYCHEE_API_KEY``; empty: none.
-        timeout: Seconds the whole call may take, retries and their waits included.
-        max_retries: Retries on 429, 503 and connection failures, within ``timeout``.
+        timeout: Seconds the whole call may take, retries, moves to other endpoints and waits included.
+        max_retries: Retries on 429, 503 and connection failures, and moves to another endpoint after a 5xx,
+            within ``timeout``.
         backoff_s: First retry delay; doubles each time. A ``Retry-After`` from the service replaces it.
         max_backoff_s: Cap on one backoff delay (not on a ``Retry-After``, which is what the service asked).
+        dead_backoff_s: How long an endpoint that failed is skipped by later calls; doubles with each failure
+            in a row.
+        max_dead_backoff_s: Cap on that.
         transport: An httpx transport for the sync client (tests). Without one, the client's own transport
             cuts every socket operation at the deadline. With one, each attempt gets the time left as its
             connect/read/write/pool timeouts and the body is checked between chunks, so a server trickling
@@ -149,52 +159,65 @@ class RemoteReranker(BaseReranker):
         async_transport: The same for the async client.
 
     Raises:
-        ValueError: A URL that is not http(s), an API key that cannot travel in a header (non-ASCII,
-            surrounding blanks, control characters), credentials in the URL beside an API key, or a timeout
-            that is not a positive number.
+        ValueError: No URL, one that is not http(s) or given twice, an API key that cannot travel in a
+            header (non-ASCII, surrounding blanks, control characters), credentials in a URL beside an API
+            key, or a timeout that is not a positive number.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        dead_backoff_s: float = 1.0,
+        max_dead_backoff_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        for name, value in (("backoff_s", backoff_s), ("max_backoff_s", max_backoff_s)):
+        delays = {
+            "backoff_s": backoff_s,
+            "max_backoff_s": max_backoff_s,
+            "dead_backoff_s": dead_backoff_s,
+            "max_dead_backoff_s": max_dead_backoff_s,
+        }
+        for name, value in delays.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.timeout = _checked_timeout(timeout)
         self.max_retries = max_retries
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
-        self.url, auth = _without_credentials(url)
-        self._endpoint = wire.rerank_endpoint_url(self.url)
+        endpoints = parse_endpoints(url)
+        self.urls = tuple(endpoint.base for endpoint in endpoints)
+        self.url = ",".join(self.urls)  # what RemoteReranker(url) takes back
         key = api_key if api_key is not None else os.environ.get(wire.API_KEY_ENV)
         headers: dict[str, str] = {}
+        with_credentials = [endpoint.base for endpoint in endpoints if endpoint.auth is not None]
         if key:
             wire.check_api_key(key, "api_key" if api_key is not None else wire.API_KEY_ENV)
-            if auth is not None:
+            if with_credentials:
                 raise ValueError(
-                    f"{redact_url(self.url)}: give either credentials in the URL or an API key (api_key= or "
+                    f"{with_credentials[0]}: give either credentials in the URL or an API key (api_key= or "
                     f"{wire.API_KEY_ENV}), not both: both travel in the Authorization header"
                 )
             headers["Authorization"] = f"Bearer {key}"
-        self._key_sent = bool(key) or auth is not None
-        self._connections = Connections(headers, auth, transport, async_transport)
+        self._key_sent = bool(key) or bool(with_credentials)
+        self._pool = EndpointPool(endpoints, dead_backoff_s=dead_backoff_s, max_dead_backoff_s=max_dead_backoff_s)
+        self._connections = Connections(headers, transport, async_transport)
 
     def __repr__(self) -> str:
-        return f"RemoteReranker({redact_url(self.url)!r})"
+        return f"RemoteReranker({self.url!r})"
 
     def with_timeout(self, seconds: float) -> RemoteReranker:
-        """This reranker with another ``timeout``, sharing its connection pool (what adapters' ``timeout_s`` uses).
+        """This reranker with another ``timeout``, sharing its connections and endpoints' health.
+
+        What adapters' ``timeout_s`` uses.
 
         Example:
             >>> reranker.with_timeout(0.5).rerank("q", ["a", "b"])  # doctest: +SKIP
@@ -226,7 +249,7 @@ class RemoteReranker(BaseReranker):
 
     def _steps(self) -> Plan:
         policy = Policy(self.timeout, self.max_retries, self.backoff_s, self.max_backoff_s)
-        return plan(policy, self._endpoint, self.url)
+        return plan(policy, self._pool)
 
     def _results(self, request: _Request, answer: Answer) -> list[tuple[int, float]]:
         return checked_results(
@@ -311,20 +334,6 @@ def _checked_timeout(timeout: object) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
-
-
-def _without_credentials(url: str) -> tuple[str, httpx.Auth | None]:
-    """The base URL without ``user:password@`` (and trailing ``/``), and those credentials as basic auth."""
-    if not isinstance(url, str):
-        raise ValueError(f"the service URL must be a string, got {type(url).__name__}")
-    text = url.strip()
-    if not text.lower().startswith(("http://", "https://")):
-        raise ValueError(f"the service URL must start with http:// or https://, got {redact_url(text)!r}")
-    parsed = httpx.URL(text)
-    bare = redact_url(text, limit=len(text)).rstrip("/")
-    if not parsed.username and not parsed.password:
-        return bare, None
-    return bare, httpx.BasicAuth(parsed.username, parsed.password)
 
 
 def as_reranker(reranker: Reranker | str) -> Reranker:

@@ -190,6 +190,17 @@ def test_retries_stop_after_max_retries_with_the_servers_message() -> None:
         assert server.requests == 3
 
 
+async def test_a_connection_closed_before_the_answer_is_retried() -> None:
+    def hang_up_once(number: int, body: bytes) -> Reply:
+        return Reply(hang_up=True) if number % 2 == 1 else ok(number, body)
+
+    with LoopbackServer(hang_up_once) as server:
+        reranker = RemoteReranker(server.url, timeout=BUDGET_S, backoff_s=0.05)
+        assert reranker.score("q", ["a"]) == [0.5]
+        assert await reranker.ascore("q", ["a"]) == [0.5]
+        assert server.requests == 4
+
+
 @pytest.mark.parametrize("status", [500, 502, 504])
 def test_other_server_errors_are_not_retried(status: int) -> None:
     with LoopbackServer(lambda number, body: Reply.json(status, {"error": {"message": "broken"}})) as server:

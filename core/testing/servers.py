@@ -37,6 +37,7 @@ class Reply:
         trickle_s: Send the answer one byte every ``trickle_s`` seconds.
         trickle_headers: Trickle the headers too; ``False`` sends them at once and trickles the body.
         declared_length: A ``Content-Length`` larger than the body, so the client waits for more.
+        hang_up: Close the connection without answering (a service killed mid-request).
     """
 
     status: int = 200
@@ -45,6 +46,7 @@ class Reply:
     trickle_s: float | None = None
     trickle_headers: bool = True
     declared_length: int | None = None
+    hang_up: bool = False
 
     @classmethod
     def json(cls, status: int, value: Any, **headers: str) -> Reply:
@@ -162,7 +164,9 @@ class LoopbackServer:
         reply = self.answer(len(self.bodies), rest[:length])
         if reply is None:
             return
-        if reply.trickle_s is None:
+        if reply.hang_up:
+            self._drop(connection, selector, connections)
+        elif reply.trickle_s is None:
             connection.at_once = reply.head() + reply.body
         elif reply.trickle_headers:
             connection.pending, connection.trickle_s = reply.head() + reply.body, reply.trickle_s
