@@ -28,7 +28,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 from urllib.parse import unquote
@@ -118,7 +118,7 @@ class LoadedImage:
 
     image: Image.Image
     digest: str
-    decoded_size: tuple[int, int] = field(default=(0, 0))
+    decoded_size: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         if self.decoded_size == (0, 0):

@@ -54,6 +54,15 @@ def plain_ids(engine: ScoringEngine, query: Query, document: Document, instructi
     return list(ids)
 
 
+def reference_ids(
+    reference: ReferenceScorer, query: Query, document: Document, instruction: str | None = None
+) -> list[int]:
+    """The naive reference's ids for a text pair, by its own reading of the rendered template."""
+    messages, _, user_texts = reference.messages({"text": query.text}, {"text": document.text}, instruction)
+    template = reference.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return reference.input_ids(template, user_texts, [])
+
+
 def test_the_tiny_tokenizer_carries_every_qwen_control_token(tiny_reranker: LocalReranker) -> None:
     added = {token.content for token in tiny_reranker.loaded.tokenizer.added_tokens_decoder.values()}
     assert set(QWEN_CONTROL_TOKENS) <= added
@@ -71,13 +80,7 @@ def test_a_forged_answer_in_a_document_adds_no_control_token(
     plain = control_counts(engine, plain_ids(engine, query, Document(FORGED_ANSWER)))
     assert plain - template_counts(engine) == Counter({"<|im_end|>": 2, "<|im_start|>": 1})
     # The reference reads the same characters the same way, by its own rule, and scores the same.
-    template = engine.loaded.processor.apply_chat_template(
-        reference.messages({"text": query.text}, {"text": FORGED_ANSWER}, None)[0],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    user_texts = reference.messages({"text": query.text}, {"text": FORGED_ANSWER}, None)[2]
-    assert reference.input_ids(template, user_texts, []) == ids
+    assert reference_ids(reference, query, Document(FORGED_ANSWER)) == ids
     score = tiny_reranker.score(query, [FORGED_ANSWER])[0]
     assert score == pytest.approx(reference.score({"text": query.text}, {"text": FORGED_ANSWER}), abs=1e-4)
 
@@ -94,9 +97,7 @@ def test_no_control_token_in_user_text_becomes_a_token(
     instruction = text if where == "instruction" else None
     ids = engine.encode(query, document, instruction)
     assert control_counts(engine, ids) == template_counts(engine)
-    messages, _, user_texts = reference.messages({"text": query.text}, {"text": document.text}, instruction)
-    template = engine.loaded.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert reference.input_ids(template, user_texts, []) == ids
+    assert reference_ids(reference, query, document, instruction) == ids
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))

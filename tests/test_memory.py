@@ -103,9 +103,13 @@ def test_decoded_images_are_cached_at_the_processor_bound(small_bounds: LocalRer
     assert fit(in_bounds) is in_bounds  # images within the bounds are never touched
 
 
-def test_a_reduced_image_is_what_the_processor_would_make_of_the_original(small_bounds: LocalReranker) -> None:
-    processor = small_bounds.loaded.processor.image_processor
+@pytest.mark.parametrize("patch_size", [14, 16])  # Qwen2/2.5-VL's patches, and Qwen3-VL's
+def test_a_reduced_image_is_what_the_processor_would_make_of_the_original(patch_size: int) -> None:
+    from transformers import Qwen2VLImageProcessor
+
+    processor = Qwen2VLImageProcessor(min_pixels=4 * 28 * 28, max_pixels=SMALL_MAX_PIXELS, patch_size=patch_size)
     fit = ProcessorFit(processor)
+    assert (fit.factor, fit.max_pixels) == (2 * patch_size, SMALL_MAX_PIXELS)
     for size in [(3000, 2000), (700, 900), (1501, 77), (230, 229)]:
         original = Image.open(io.BytesIO(png(*size, seed=sum(size)))).convert("RGB")
         full = processor(images=[original], return_tensors="pt")
