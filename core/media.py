@@ -509,7 +509,7 @@ _RETURN_FREED_AFTER_BYTES = 32 * 1024 * 1024
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
-    except OSError:
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
         return None
     return cast("Callable[[int], int] | None", trim)
 

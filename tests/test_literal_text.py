@@ -7,6 +7,7 @@ is refused for it), and text without them tokenises exactly as the plain rendere
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
 from pathlib import Path
@@ -16,7 +17,9 @@ import httpx
 import pytest
 
 from lychee_rerank.core import Document, LocalReranker, Query
+from lychee_rerank.core.errors import ModelLoadError
 from lychee_rerank.core.local.engine import ScoringEngine
+from lychee_rerank.core.local.prompting import LiteralPromptEncoder
 from lychee_rerank.core.profiles import PROFILES, get_profile
 from lychee_rerank.core.server.background import running_service
 from lychee_rerank.core.testing.checkpoint import ADDED_TOKENS, SPECIAL_TOKENS
@@ -177,3 +180,11 @@ def test_the_service_scores_documents_that_quote_control_tokens(tiny_model_dir: 
         served: dict[int, Any] = {item["index"]: item["relevance_score"] for item in answer.json()["results"]}
         local = service.reranker.score("q", documents)
     assert [served[index] for index in range(len(documents))] == pytest.approx(local, abs=1e-6)
+
+
+def test_a_template_that_rewrites_user_text_is_refused_at_load(tiny_reranker: LocalReranker) -> None:
+    processor = copy.deepcopy(tiny_reranker.loaded.processor)
+    processor.chat_template = processor.chat_template.replace("{{ part['text'] }}", "{{ part['text'] | trim }}")
+    assert "| trim" in processor.chat_template
+    with pytest.raises(ModelLoadError, match="changes the text it is given"):
+        LiteralPromptEncoder(processor, get_profile("lychee"))

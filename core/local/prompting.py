@@ -57,7 +57,8 @@ class LiteralPromptEncoder:
 
     Raises:
         ModelLoadError: The tokenizer has no Rust backend, its BPE can spell an added token from plain
-            text, or the probe prompt does not tokenise as the tokenizer itself would.
+            text, the chat template changes the text it is given, or a probe prompt does not tokenise as
+            the tokenizer itself would.
     """
 
     def __init__(self, processor: Any, profile: Profile) -> None:
@@ -162,8 +163,17 @@ class LiteralPromptEncoder:
                     f"this tokenizer's BPE spells the control token {token!r} from plain text ({spelled}), so "
                     "document text could write it; this checkpoint's tokenizer is not supported"
                 )
-        probe = self.render(Query("red dress, size 38?"), Document("A red summer dress.\n\nIn stock: yes"))
-        expected = tokenizer(self.text(probe), add_special_tokens=False)["input_ids"]
+        query, document = Query(" red dress, size 38? "), Document("A red summer dress.\n\nIn stock: yes\n")
+        probe = self.render(query, document)
+        plain = self.processor.apply_chat_template(
+            self.profile.messages(query, document), tokenize=False, add_generation_prompt=True
+        )
+        if self.text(probe) != plain:
+            raise ModelLoadError(
+                "this checkpoint's chat template changes the text it is given (it trims or escapes it), so "
+                "user text cannot be placed in the prompt literally; this checkpoint's template is not supported"
+            )
+        expected = tokenizer(plain, add_special_tokens=False)["input_ids"]
         if self.encode([(probe, [])])[0] != list(expected):
             raise ModelLoadError(
                 "this tokenizer's added tokens do not split text the plain way (lstrip/rstrip or normalised "
