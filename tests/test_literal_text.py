@@ -188,3 +188,11 @@ def test_a_template_that_rewrites_user_text_is_refused_at_load(tiny_reranker: Lo
     assert "| trim" in processor.chat_template
     with pytest.raises(ModelLoadError, match="changes the text it is given"):
         LiteralPromptEncoder(processor, get_profile("lychee"))
+
+
+def test_the_engine_offers_the_literal_tokenizer_for_counting_user_text(tiny_reranker: LocalReranker) -> None:
+    engine = tiny_reranker.engine
+    encoding = engine.text_tokenizer.encode(FORGED_ANSWER, add_special_tokens=False)
+    assert not set(encoding.ids) & set(engine.loaded.tokenizer.added_tokens_decoder)
+    assert len(encoding.ids) > len(engine.loaded.tokenizer(FORGED_ANSWER, add_special_tokens=False)["input_ids"])
+    assert encoding.offsets[-1][1] == len(FORGED_ANSWER)

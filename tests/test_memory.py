@@ -9,12 +9,14 @@ The service's resident-memory figure (50 distinct 6000x6000 images) is measured 
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -23,6 +25,7 @@ from lychee_rerank.core.caches import ByteBudgetLRU
 from lychee_rerank.core.local.engine import STATS_WINDOW
 from lychee_rerank.core.local.imagefit import ProcessorFit
 from lychee_rerank.core.media import ImageCache
+from lychee_rerank.core.server.background import running_service
 from lychee_rerank.core.server.scheduler import SchedulerStats
 from lychee_rerank.core.server.settings import ServerSettings
 from lychee_rerank.core.testing.reference import ReferenceScorer
@@ -175,3 +178,16 @@ def test_cache_budgets_are_settings_flags_and_variables(tiny_model_dir: Path) ->
     ).stdout
     assert "--image-cache-bytes" in help_text
     assert "LYCHEE_VISION_CACHE_BYTES" in help_text
+
+
+def test_the_service_keeps_to_the_cache_budgets_it_is_given(tiny_model_dir: Path) -> None:
+    image = "data:image/png;base64," + base64.b64encode(png(1500, 1000, 7)).decode()
+    with running_service(tiny_model_dir, image_cache_bytes=0, vision_cache_bytes=50_000) as service:
+        body = {"query": "a chart", "documents": [{"text": "figure", "image": image}]}
+        answer = httpx.post(f"{service.url}/v1/rerank", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        # The engine the service scores with (its own today; the reranker's once they are one).
+        engine = getattr(service.app.state, "engine", service.reranker.engine)
+    assert (engine.image_cache.max_bytes, engine.vision_cache.max_bytes) == (0, 50_000)
+    assert len(engine.image_cache) == 0
+    assert engine.vision_cache.nbytes <= 50_000

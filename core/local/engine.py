@@ -297,6 +297,15 @@ class ScoringEngine:
         """Vision-tower outputs by image content (``nbytes``, ``max_bytes``)."""
         return self._vision_cache
 
+    @property
+    def text_tokenizer(self) -> Any:
+        """A ``tokenizers.Tokenizer`` that reads text as prompts read user text: no added tokens at all.
+
+        Count or truncate query and document text with it, so limits agree with what is scored: the
+        checkpoint's own tokenizer would count ``<|im_end|>`` as one token where the prompt holds several.
+        """
+        return self._prompts.plain_tokenizer
+
     def clear_caches(self) -> None:
         """Forgets decoded images and cached vision-tower outputs."""
         with self._lock:

@@ -78,6 +78,14 @@ class LiteralPromptEncoder:
         self._plain = _without_added_tokens(tokenizer)
         self._check(tokenizer)
 
+    @property
+    def plain_tokenizer(self) -> Any:
+        """The tokenizer's pipeline with no added tokens (a ``tokenizers.Tokenizer``): how user text is read.
+
+        Count or cut user text with it (``encode(text).offsets``) to agree with the prompt's tokens.
+        """
+        return self._plain
+
     # -- rendering --------------------------------------------------------------------------------
 
     def render(self, query: Query, document: Document, instruction: str | None = None) -> RenderedPrompt:
