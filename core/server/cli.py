@@ -22,7 +22,7 @@ _HELP = {
     "allow_private_urls": "allow image URLs on loopback/private/link-local addresses",
     "json_documents": "parse string documents holding JSON {text, image} objects by default",
     "image_cache_bytes": "memory for recently decoded images, in bytes, each kept at the model's pixel bounds (0: off)",
-    "vision_cache_bytes": "memory for the vision tower's outputs of recent images, in bytes, on the model's device",
+    "vision_cache_bytes": "memory for vision-tower outputs of recent images, in bytes, on the model's device (0: off)",
 }
 
 
