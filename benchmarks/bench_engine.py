@@ -519,10 +519,9 @@ def run_engine(
         return int(after.get(key, 0) - before.get(key, 0))
 
     result = measuring.result("engine", delta("pairs"), seconds, delta("tokens"), work)
-    sizes = after["batch_sizes"][len(before["batch_sizes"]) :]
     stats = BatchStats(
         batches=delta("batches"),
-        mean_batch_size=sum(sizes) / max(len(sizes), 1),
+        mean_batch_size=delta("pairs") / max(delta("batches"), 1),  # every pair is in exactly one batch
         padding_overhead=work.positions / max(work.tokens, 1),
         prefix_tokens_reused=delta("prefix_tokens_reused"),
         images_encoded=delta("vision_encoded"),

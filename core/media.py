@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 import base64
+import ctypes
+import functools
 import hashlib
 import io
 import ipaddress
@@ -25,7 +27,7 @@ import stat
 import struct
 import threading
 import time
-from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -34,6 +36,7 @@ from urllib.parse import unquote
 import httpx
 from PIL import Image, ImageOps
 
+from lychee_rerank.core.caches import ByteBudgetLRU
 from lychee_rerank.core.errors import ImageError, ImageErrorReason
 from lychee_rerank.core.inputs import ImageInput
 from lychee_rerank.core.sources import MAX_PATH_CHARS, looks_like_path, redact_url, source_kind
@@ -106,13 +109,26 @@ class LoadedImage:
     """A decoded image ready for the processor.
 
     Attributes:
-        image: RGB, EXIF orientation applied, first frame of an animation, fully loaded. Shared by
+        image: RGB, EXIF orientation applied, first frame of an animation, fully loaded; reduced to the
+            model's pixel bounds when an :class:`ImageCache` with a ``fit`` loaded it. Shared by
             :class:`ImageCache`, so treat it as read-only.
         digest: Hex sha256 of the encoded bytes, or of the RGB pixels for a PIL image given directly.
+        decoded_size: (width, height) as decoded, before any reduction; default: ``image.size``.
     """
 
     image: Image.Image
     digest: str
+    decoded_size: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        if self.decoded_size == (0, 0):
+            object.__setattr__(self, "decoded_size", self.image.size)
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the pixels hold (Pillow keeps multi-band pixels in 4 bytes)."""
+        width, height = self.image.size
+        return width * height * (1 if len(self.image.getbands()) == 1 else 4)
 
 
 def _error(reason: ImageErrorReason, message: str) -> ImageError:
@@ -480,64 +496,109 @@ def load_image(source: ImageInput, policy: MediaPolicy = DEFAULT_POLICY) -> Load
     return _decode(data, policy, hashlib.sha256(data).hexdigest())
 
 
+ImageFit = Callable[[Image.Image], Image.Image]
+"""Reduces a decoded image to what the model will see (a smaller copy, or the image itself)."""
+
+DEFAULT_IMAGE_CACHE_BYTES = 256 * 1024 * 1024
+# Decoding a large image and reducing it frees its full-resolution pixels at once; past this size the
+# freed heap is handed back to the system (see _return_freed_memory).
+_RETURN_FREED_AFTER_BYTES = 32 * 1024 * 1024
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
+        return None
+    return cast("Callable[[int], int] | None", trim)
+
+
+def _return_freed_memory() -> None:
+    """Asks glibc to give freed heap pages back to the system; nothing elsewhere.
+
+    Pillow allocates pixels in 16 MB blocks, which glibc serves from its heaps once a first large block
+    has been freed, and it keeps freed heap pages resident: without this, each thread that decodes a
+    6000x6000 image keeps a few hundred megabytes it no longer uses.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class ImageCache:
     """A thread-safe LRU of decoded images keyed by content, so identical images are decoded once.
 
+    The budget is in bytes of pixels, so one huge photo cannot hold as much memory as hundreds of
+    thumbnails. With ``fit``, an image is reduced right after decoding, before it is cached: what is
+    kept is what the model will see, never the full resolution.
+
     Args:
-        max_entries: How many decoded images to keep.
+        max_bytes: Pixel bytes to keep (an RGB pixel holds 4); 0 keeps nothing.
+        fit: Applied to every decoded (or given) image before it is cached or returned.
 
     Example:
-        >>> cache = ImageCache(max_entries=2)
+        >>> cache = ImageCache(max_bytes=1024 * 1024)
         >>> png = io.BytesIO(); Image.new("RGB", (1, 1)).save(png, "PNG")
         >>> first = cache.get_or_load(png.getvalue()); second = cache.get_or_load(png.getvalue())
         >>> (cache.hits, cache.misses, first is second)
         (1, 1, True)
     """
 
-    def __init__(self, max_entries: int = 256) -> None:
-        if max_entries < 1:
-            raise ValueError(f"ImageCache max_entries must be at least 1, got {max_entries}")
-        self.max_entries = max_entries
+    def __init__(self, max_bytes: int = DEFAULT_IMAGE_CACHE_BYTES, *, fit: ImageFit | None = None) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"ImageCache max_bytes must be 0 or more, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.fit = fit
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[str, LoadedImage] = OrderedDict()
+        self._entries: ByteBudgetLRU[LoadedImage] = ByteBudgetLRU(max_bytes)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Pixel bytes held now; never more than ``max_bytes``."""
+        return self._entries.nbytes
 
     def clear(self) -> None:
         """Forgets every decoded image; the hit and miss counters are kept."""
-        with self._lock:
-            self._entries.clear()
+        self._entries.clear()
+
+    def _fitted(self, loaded: LoadedImage) -> LoadedImage:
+        if self.fit is None:
+            return loaded
+        image = self.fit(loaded.image)
+        if image is loaded.image:
+            return loaded
+        return LoadedImage(image=image, digest=loaded.digest, decoded_size=loaded.decoded_size)
 
     def get_or_load(self, source: ImageInput, policy: MediaPolicy = DEFAULT_POLICY) -> LoadedImage:
-        """Returns the decoded image, decoding only when these bytes were not seen recently.
+        """Returns the decoded (and fitted) image, decoding only when these bytes were not seen recently.
 
-        A PIL image is converted directly and not cached. Two threads that miss on the same bytes at
-        once may both decode; the result is the same.
+        A PIL image is converted (and fitted) directly and not cached. Two threads that miss on the same
+        bytes at once may both decode; the result is the same.
 
         Raises:
             ImageError: As :func:`load_image`.
         """
         if isinstance(source, Image.Image):
-            return _from_pil(source, policy)
+            return self._fitted(_from_pil(source, policy))
         data = read_image_bytes(source, policy)
         digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            cached = self._entries.get(digest)
-            if cached is not None:
-                self._entries.move_to_end(digest)
-                self.hits += 1
+        cached = self._entries.get(digest)
         if cached is not None:
-            _check_pixels(cached.image.size, policy)  # a stricter policy than the one that decoded it
+            with self._lock:
+                self.hits += 1
+            _check_pixels(cached.decoded_size, policy)  # a stricter policy than the one that decoded it
             return cached
-        loaded = _decode(data, policy, digest)
+        loaded = self._fitted(_decode(data, policy, digest))
+        width, height = loaded.decoded_size
+        if loaded.image.size != loaded.decoded_size and width * height * 4 >= _RETURN_FREED_AFTER_BYTES:
+            _return_freed_memory()
         with self._lock:
             self.misses += 1
-            self._entries[digest] = loaded
-            self._entries.move_to_end(digest)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+        self._entries.put(digest, loaded, loaded.nbytes)
         return loaded

@@ -568,7 +568,7 @@ def test_cache_decodes_identical_bytes_once(tmp_path: Path) -> None:
 
 def test_cache_evicts_the_least_recently_used() -> None:
     images = [encode(Image.new("RGB", (1, 1), (value, 0, 0))) for value in range(3)]
-    cache = ImageCache(max_entries=2)
+    cache = ImageCache(max_bytes=2 * 4)  # two 1x1 RGB images, 4 bytes of pixels each
     cache.get_or_load(images[0])
     cache.get_or_load(images[1])
     cache.get_or_load(images[0])  # now images[1] is the oldest
@@ -641,9 +641,9 @@ def test_located_error_names_the_document() -> None:
     assert isinstance(located.__cause__, Exception)
 
 
-def test_cache_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_entries"):
-        ImageCache(max_entries=0)
+def test_cache_budget_cannot_be_negative() -> None:
+    with pytest.raises(ValueError, match="max_bytes"):
+        ImageCache(max_bytes=-1)
 
 
 def test_unknown_source_type_is_invalid() -> None:

@@ -84,8 +84,6 @@ def test_input_errors_raise_the_same_types_as_locally(remote: RemoteReranker) ->
     with pytest.raises(ImageError) as undecodable:
         remote.score("q", [Document(image=b"not an image at all")])
     assert undecodable.value.reason == "undecodable"
-    with pytest.raises(InvalidInputError, match="image_pad"):
-        remote.score("q", ["a <|image_pad|> b"])
     with pytest.raises(InvalidInputError, match="top_n"):
         remote.rerank("q", ["a"], top_n=-1)
     with pytest.raises(ImageError, match="does not exist"):

@@ -3,11 +3,15 @@
 What it does, and why:
 
 - Each pair is rendered with the profile's layout and the checkpoint's own chat template, then tokenised
-  once; images are decoded once per distinct content and preprocessed once per request.
+  once, user text always as literal text: the only control tokens in a prompt are the template's and
+  the image slots' (a document cannot write the assistant's answer; see ``prompting``).
+- Images are decoded once per distinct content, reduced to the processor's pixel bounds right after
+  decoding (never cached at full resolution), and preprocessed once per request.
 - Pairs are sorted by length and packed into batches of at most ``max_batch_tokens`` padded tokens, so
   short documents are not padded to the longest one; scores come back in input order.
-- The vision tower runs once per distinct image; its output is kept in a small LRU, so a query image
-  shared by every document (and by the next request) is encoded once.
+- The vision tower runs once per distinct image; its output is kept in an LRU bounded in bytes, so a
+  query image shared by every document (and by the next request) is encoded once. Decoded images are
+  cached under a byte budget too; the shared prefix's key/value cache lives only for its request.
 - System prompt, instruction and query (with its image) are the same for every document of a request:
   that shared token prefix is run once and its key/value cache reused by every batch, so each document
   costs only its own tokens.
@@ -26,17 +30,20 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from lychee_rerank.core.caches import ByteBudgetLRU
 from lychee_rerank.core.errors import ImageError, InvalidInputError, ModelLoadError
 from lychee_rerank.core.inputs import Document, Query
+from lychee_rerank.core.local.imagefit import fit_for
 from lychee_rerank.core.local.loading import LoadedModel
-from lychee_rerank.core.media import DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
+from lychee_rerank.core.local.prompting import LiteralPromptEncoder
+from lychee_rerank.core.media import DEFAULT_IMAGE_CACHE_BYTES, DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
 from lychee_rerank.core.profiles import Profile
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,10 @@ MIN_SHARED_PREFIX = 8  # below this, reusing a prefix saves less than it costs
 # Padding is wasted compute: on a CPU it is pure loss, and on a GPU a batch of similar lengths is as fast
 # as a ragged one of the same real size. A member may be at most this much shorter than its batch's longest.
 DEFAULT_MAX_PADDING = 0.2
+# Vision-tower outputs of recent images. Lychee's largest image is 1280 tokens: about 9 MB of bf16
+# features on a 7B model, so this keeps a few dozen of the largest (on the model's device).
+DEFAULT_VISION_CACHE_BYTES = 256 * 1024 * 1024
+STATS_WINDOW = 1024  # recent batch sizes kept for inspection; the counters cover everything
 
 
 @dataclass
@@ -87,6 +98,8 @@ class EngineStats:
 
     ``tokens`` counts every pair's full prompt; ``computed_tokens`` what actually ran through the
     language model (a shared prefix once per request); ``padded_tokens`` includes padding.
+    ``batch_sizes`` holds only the most recent :data:`STATS_WINDOW` batches (a service runs for months);
+    ``pairs / batches`` is the mean over all of them.
     """
 
     pairs: int = 0
@@ -98,7 +111,7 @@ class EngineStats:
     vision_encoded: int = 0
     vision_cache_hits: int = 0
     oom_splits: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -145,6 +158,18 @@ class ScoringEngine:
 
     Not for concurrent use from several threads: :class:`~lychee_rerank.core.LocalReranker` serialises
     calls.
+
+    Args:
+        loaded: The model and processor.
+        profile: The prompt layout and answer tokens.
+        max_batch_tokens: Padded tokens per forward pass.
+        media_policy: Where images may come from and how large they may be.
+        vision_cache_bytes: Bytes of vision-tower outputs kept for images seen recently (on the model's
+            device); 0 turns the cache off.
+        image_cache_bytes: Bytes of decoded pixels kept for images seen recently (reduced to the
+            processor's pixel bounds; an RGB pixel holds 4 bytes); 0 turns the cache off.
+        reuse_prefix: Run the prompt part shared by all documents of a request once.
+        max_padding: How much shorter than its batch's longest a pair may be.
     """
 
     def __init__(
@@ -154,8 +179,8 @@ class ScoringEngine:
         *,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         media_policy: MediaPolicy = DEFAULT_POLICY,
-        vision_cache_size: int = 64,
-        image_cache_size: int = 256,
+        vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
         reuse_prefix: bool = True,
         max_padding: float = DEFAULT_MAX_PADDING,
     ) -> None:
@@ -163,6 +188,9 @@ class ScoringEngine:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
         if not 0.0 <= max_padding <= 1.0:
             raise ValueError(f"max_padding must be between 0 and 1, got {max_padding}")
+        for name, budget in (("vision_cache_bytes", vision_cache_bytes), ("image_cache_bytes", image_cache_bytes)):
+            if budget < 0:
+                raise ValueError(f"{name} must be 0 or more, got {budget}")
         self.max_padding = max_padding
         self.loaded = loaded
         self.profile = profile
@@ -177,9 +205,10 @@ class ScoringEngine:
                 "(Qwen2-VL, Qwen2.5-VL, Qwen3-VL)"
             )
         self.stats = EngineStats()
-        self._images = ImageCache(max_entries=image_cache_size)
-        self._vision_cache: OrderedDict[str, Any] = OrderedDict()
-        self._vision_cache_size = vision_cache_size
+        processor = loaded.processor
+        self._images = ImageCache(image_cache_bytes, fit=fit_for(processor.image_processor))
+        self._vision_cache: ByteBudgetLRU[dict[str, Any]] = ByteBudgetLRU(vision_cache_bytes)
+        self._prompts = LiteralPromptEncoder(processor, profile)
         self._lock = threading.Lock()
         model = loaded.model
         self._base = model.model
@@ -189,8 +218,6 @@ class ScoringEngine:
         self._answer_rows = head.weight.detach().index_select(0, rows).float()
         bias = getattr(head, "bias", None)
         self._answer_bias = None if bias is None else bias.detach().index_select(0, rows).float()
-        processor = loaded.processor
-        self._image_token = processor.image_token
         self._image_token_id = int(processor.image_token_id)
         self._merge_length = int(processor.image_processor.merge_size) ** 2
         self._pad_id = self._pad_token_id()
@@ -260,6 +287,25 @@ class ScoringEngine:
         self.stats.tokens += sum(len(pair) for pair in pairs)
         return scores
 
+    @property
+    def image_cache(self) -> ImageCache:
+        """Decoded images by content (``nbytes``, ``max_bytes``, hits and misses)."""
+        return self._images
+
+    @property
+    def vision_cache(self) -> ByteBudgetLRU[dict[str, Any]]:
+        """Vision-tower outputs by image content (``nbytes``, ``max_bytes``)."""
+        return self._vision_cache
+
+    @property
+    def text_tokenizer(self) -> Any:
+        """A ``tokenizers.Tokenizer`` that reads text as prompts read user text: no added tokens at all.
+
+        Count or truncate query and document text with it, so limits agree with what is scored: the
+        checkpoint's own tokenizer would count ``<|im_end|>`` as one token where the prompt holds several.
+        """
+        return self._prompts.plain_tokenizer
+
     def clear_caches(self) -> None:
         """Forgets decoded images and cached vision-tower outputs."""
         with self._lock:
@@ -304,10 +350,18 @@ class ScoringEngine:
         return prepared, query_key, document_keys
 
     def render(self, query: Query, document: Document, instruction: str | None = None) -> str:
-        """The exact prompt text for one pair, with one ``<|image_pad|>`` per image (golden tests pin it)."""
-        messages = self.profile.messages(query, document, instruction)
-        text: str = self.loaded.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return text
+        """The exact prompt text for one pair, with one ``<|image_pad|>`` per image (golden tests pin it).
+
+        User text appears here as it was given; :meth:`encode` tokenises it as literal characters, so a
+        control-token string in it is not a control token in the prompt.
+        """
+        return self._prompts.text(self._prompts.render(query, document, instruction))
+
+    def encode(self, query: Query, document: Document, instruction: str | None = None) -> list[int]:
+        """The token ids of one text pair's prompt (image pairs need their images: see :meth:`score`)."""
+        if query.has_image or document.has_image:
+            raise InvalidInputError("encode() takes text pairs only; images are expanded when scoring")
+        return self._prompts.encode([(self._prompts.render(query, document, instruction), [])])[0]
 
     def _encode_pairs(
         self,
@@ -318,11 +372,11 @@ class ScoringEngine:
         query_key: str | None,
         document_keys: list[str | None],
     ) -> list[_Pair]:
-        texts: list[str] = []
+        prompts = []
         pair_keys: list[list[str]] = []
         for index, document in enumerate(documents):
             try:
-                prompt = self.render(query, document, instruction)
+                prompt = self._prompts.render(query, document, instruction)
             except InvalidInputError as error:
                 raise InvalidInputError(f"document {index}: {error}") from None
             keys = [
@@ -330,19 +384,11 @@ class ScoringEngine:
                 for slot in self.profile.image_order(query, document)
                 if (key := query_key if slot == "query" else document_keys[index]) is not None
             ]
-            pieces = prompt.split(self._image_token)
-            if len(pieces) - 1 != len(keys):
-                raise InvalidInputError(
-                    f"document {index}: the text contains the reserved token {self._image_token!r}; remove it"
-                )
-            # Expand each image slot to as many placeholder tokens as the image yields, as the processor does.
-            expanded = [pieces[0]]
-            for key, piece in zip(keys, pieces[1:], strict=True):
-                expanded.append(self._image_token * (images[key].token_count // self._merge_length) + piece)
-            texts.append("".join(expanded))
+            # Each image slot becomes as many placeholder tokens as the image yields, as the processor does.
+            prompts.append((prompt, [images[key].token_count // self._merge_length for key in keys]))
             pair_keys.append(keys)
-        encoded = self.loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [_Pair(i, list(ids), keys) for i, (ids, keys) in enumerate(zip(encoded, pair_keys, strict=True))]
+        encoded = self._prompts.encode(prompts)
+        return [_Pair(i, ids, keys) for i, (ids, keys) in enumerate(zip(encoded, pair_keys, strict=True))]
 
     def _image_runs(self, input_ids: list[int]) -> list[tuple[int, int]]:
         """(start, end) of each run of image placeholder tokens, in order: one run per image."""
@@ -535,17 +581,20 @@ class ScoringEngine:
 
     def _vision_outputs(self, image_keys: list[str], images: dict[str, _PreparedImage]) -> Any:
         """The vision tower's output for each image slot, encoding only images not seen recently."""
-        missing = list(dict.fromkeys(key for key in image_keys if key not in self._vision_cache))
-        self.stats.vision_cache_hits += len(set(image_keys)) - len(missing)
+        # Held here, not read back from the cache: a small budget may evict one of this batch's own images.
+        outputs = {
+            key: value for key in dict.fromkeys(image_keys) if (value := self._vision_cache.get(key)) is not None
+        }
+        missing = [key for key in dict.fromkeys(image_keys) if key not in outputs]
+        self.stats.vision_cache_hits += len(outputs)
         if missing:
             # Each image is encoded on its own: the tower's attention is per image, and encoding alone
             # keeps a cached output identical to a fresh one.
             for key in missing:
-                self._remember(key, self._encode_image(images[key]))
+                outputs[key] = self._encode_image(images[key])
+                self._vision_cache.put(key, outputs[key], _vision_nbytes(outputs[key]))
             self.stats.vision_encoded += len(missing)
-        for key in image_keys:
-            self._vision_cache.move_to_end(key)
-        return _join_vision_outputs([self._vision_cache[key] for key in image_keys])
+        return _join_vision_outputs([outputs[key] for key in image_keys])
 
     def _encode_image(self, image: _PreparedImage) -> dict[str, Any]:
         device = self.loaded.device
@@ -554,10 +603,11 @@ class ScoringEngine:
         )
         return _split_vision_output(output)
 
-    def _remember(self, key: str, value: dict[str, Any]) -> None:
-        self._vision_cache[key] = value
-        while len(self._vision_cache) > max(self._vision_cache_size, 1):
-            self._vision_cache.popitem(last=False)
+
+def _vision_nbytes(output: dict[str, Any]) -> int:
+    """The bytes the tensors of one image's vision output hold."""
+    tensors = [output["pooler_output"], *output.get("deepstack_features", [])]
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
 def _split_vision_output(output: Any) -> dict[str, Any]:

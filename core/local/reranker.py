@@ -9,9 +9,14 @@ import torch
 
 from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker
-from lychee_rerank.core.local.engine import DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MAX_PADDING, ScoringEngine
+from lychee_rerank.core.local.engine import (
+    DEFAULT_MAX_BATCH_TOKENS,
+    DEFAULT_MAX_PADDING,
+    DEFAULT_VISION_CACHE_BYTES,
+    ScoringEngine,
+)
 from lychee_rerank.core.local.loading import LoadedModel, load_model
-from lychee_rerank.core.media import DEFAULT_POLICY, MediaPolicy
+from lychee_rerank.core.media import DEFAULT_IMAGE_CACHE_BYTES, DEFAULT_POLICY, MediaPolicy
 from lychee_rerank.core.profiles import DEFAULT_PROFILE, Profile, get_profile, resolve_instruction
 
 
@@ -35,6 +40,10 @@ class LocalReranker(BaseReranker):
             either way; turning it off only costs time.
         max_padding: A pair joins a batch only if it is at most this fraction shorter than the batch's
             longest: padding is wasted work. 1.0 packs by ``max_batch_tokens`` alone.
+        image_cache_bytes: Memory for decoded images seen recently, in bytes of pixels (each reduced
+            to ``max_pixels`` first, an RGB pixel holding 4 bytes); default 256 MiB; 0 turns it off.
+        vision_cache_bytes: Memory for vision-tower outputs of images seen recently, on the model's
+            device; default 256 MiB; 0 turns it off.
 
     Example:
         >>> reranker = LocalReranker(model="tiny")  # doctest: +SKIP
@@ -55,6 +64,8 @@ class LocalReranker(BaseReranker):
         attn_implementation: str | None = None,
         reuse_prefix: bool = True,
         max_padding: float = DEFAULT_MAX_PADDING,
+        image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
+        vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES,
     ) -> None:
         self.profile = get_profile(profile)
         name = model or os.environ.get("LYCHEE_MODEL") or self.profile.default_model
@@ -74,6 +85,8 @@ class LocalReranker(BaseReranker):
             media_policy=media_policy,
             reuse_prefix=reuse_prefix,
             max_padding=max_padding,
+            image_cache_bytes=image_cache_bytes,
+            vision_cache_bytes=vision_cache_bytes,
         )
 
     @property

@@ -56,6 +56,8 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
         max_batch_tokens=reranker.engine.max_batch_tokens,
         media_policy=policy,
         reuse_prefix=reranker.engine.reuse_prefix,
+        image_cache_bytes=settings.image_cache_bytes,
+        vision_cache_bytes=settings.vision_cache_bytes,
     )
     scheduler_box: list[Scheduler] = []
     metrics = ServiceMetrics(lambda: scheduler_box[0].depth if scheduler_box else 0)

@@ -88,7 +88,13 @@ def running_service(model: str | os.PathLike[str], *, device: str = "cpu", **set
         ...     httpx.post(f"{service.url}/v1/rerank", json={"query": "q", "documents": ["a"]}).json()
     """
     config = ServerSettings(**{"ui": False, **settings, "model": os.fspath(model)})
-    reranker = LocalReranker(model=config.model, device=device, media_policy=config.media_policy())
+    reranker = LocalReranker(
+        model=config.model,
+        device=device,
+        media_policy=config.media_policy(),
+        image_cache_bytes=config.image_cache_bytes,
+        vision_cache_bytes=config.vision_cache_bytes,
+    )
     app = create_app(reranker, config)
     with BackgroundServer(app) as url:
         yield RunningService(url, app, reranker, config)

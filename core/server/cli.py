@@ -31,6 +31,8 @@ _HELP = {
     "local_roots": "comma-separated folders under which local image paths may be read (default: none)",
     "allow_private_urls": "allow image URLs on loopback/private/link-local addresses",
     "json_documents": "parse string documents holding JSON {text, image} objects by default",
+    "image_cache_bytes": "memory for recently decoded images, in bytes, each kept at the model's pixel bounds (0: off)",
+    "vision_cache_bytes": "memory for vision-tower outputs of recent images, in bytes, on the model's device (0: off)",
 }
 
 
@@ -98,6 +100,8 @@ def serve(args: argparse.Namespace) -> int:
         profile=settings.profile,
         max_batch_tokens=settings.max_batch_tokens,
         media_policy=settings.media_policy(),
+        image_cache_bytes=settings.image_cache_bytes,
+        vision_cache_bytes=settings.vision_cache_bytes,
     )
     app = create_app(reranker, settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -62,7 +62,7 @@ class SchedulerStats:
     rounds: int = 0
     merged_requests: int = 0  # requests that shared an engine call with another
     documents: int = 0
-    round_sizes: list[int] = field(default_factory=list)
+    round_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))  # the most recent rounds
 
 
 @dataclass

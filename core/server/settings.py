@@ -52,6 +52,10 @@ class ServerSettings:
         torch_threads: CPU threads for the model's operators (``torch.set_num_threads``); default: torch's.
             On a small or shared CPU machine 1 is often much faster than the default (no spinning threads).
         log_level: uvicorn's log level.
+        image_cache_bytes: Memory for decoded images seen recently, in bytes of pixels (each image is
+            first reduced to the model's pixel bounds; an RGB pixel holds 4 bytes); 0 turns it off.
+        vision_cache_bytes: Memory for the vision tower's outputs of images seen recently (on the
+            model's device); 0 turns it off.
     """
 
     model: str | None = None
@@ -79,6 +83,8 @@ class ServerSettings:
     ui: bool = True
     torch_threads: int | None = None
     log_level: str = "info"
+    image_cache_bytes: int = 256 * 1024 * 1024
+    vision_cache_bytes: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_image_bytes", "max_image_pixels"):

@@ -26,8 +26,9 @@ from typing import Any
 
 from lychee_rerank.core.profiles import TINY_MODEL_NAME
 
-# Qwen's special tokens. The names matter (the processor and the chat template look them up); the ids
-# are whatever the tokenizer gives them and are written into the model config.
+# Qwen2.5-VL's special tokens. The names matter (the processor and the chat template look them up); the
+# ids are whatever the tokenizer gives them and are written into the model config. All of Qwen's are
+# here, so that tests can check that no user text ever becomes any of them.
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -36,6 +37,25 @@ SPECIAL_TOKENS = (
     "<|vision_end|>",
     "<|image_pad|>",
     "<|video_pad|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_pad|>",
+)
+# Qwen's added tokens that are not "special" (tool calls, fill-in-the-middle): added tokens all the same,
+# which plain tokenisation would turn into single tokens.
+ADDED_TOKENS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
 )
 
 # The Qwen2-VL chat-template behaviour: a default system turn when none is given, content parts
@@ -200,6 +220,7 @@ def build_tokenizer(vocab_target: int = 600, *, answer_words: tuple[str, ...] = 
     merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in model_state["merges"]]
     tokenizer = Qwen2Tokenizer(vocab=model_state["vocab"], merges=merges)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    tokenizer.add_tokens(list(ADDED_TOKENS))
     for word in dict.fromkeys(("yes", "no", *answer_words)):
         ids = tokenizer.encode(word, add_special_tokens=False)
         if len(ids) != 1:

@@ -17,11 +17,17 @@ handling, batching and two-row head. Never use it to serve: it is slow on purpos
   relevance of the previous image document to the following query, answer True or False. The query is:
   {query}"; P("True") over True/False. (A text document stands where the image would be: the card shows
   image documents only.)
+
+User text is literal here too, by the plainest rule: the rendered template is read character by
+character; a control token (any added token of the tokenizer) counts only where the template wrote it,
+and every other character, the user's included, goes through the tokenizer's normaliser,
+pre-tokeniser and BPE, in runs between two of the template's control tokens.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,26 +49,28 @@ MONOQWEN_PROMPT = (
 
 Side = dict[str, Any]
 Parts = list[tuple[str, Any]]  # ("text", str) or ("image", image source), in prompt order
+UserText = Callable[[str], str]  # marks a piece of user text inside a text part
+_USER_TEXT = re.compile("\ue000(\\d+)\ue001")  # where the template put user text number N
 
 
-def _instruct_query_document(query: Side, document: Side, instruction: str) -> Parts:
-    parts: Parts = [("text", "<Instruct>: " + instruction)]
+def _instruct_query_document(query: Side, document: Side, instruction: str, user: UserText) -> Parts:
+    parts: Parts = [("text", "<Instruct>: " + user(instruction))]
     for side, prefix in ((query, "<Query>:"), (document, "\n<Document>:")):
         parts.append(("text", prefix))
         if side.get("image") is not None:
             parts.append(("image", side["image"]))
         if side.get("text") is not None:
-            parts.append(("text", side["text"]))
+            parts.append(("text", user(side["text"])))
     return parts
 
 
-def _monoqwen(query: Side, document: Side, instruction: str) -> Parts:
+def _monoqwen(query: Side, document: Side, instruction: str, user: UserText) -> Parts:
     parts: Parts = []
     if document.get("image") is not None:
         parts.append(("image", document["image"]))
     if document.get("text") is not None:
-        parts.append(("text", document["text"]))
-    parts.append(("text", MONOQWEN_PROMPT.format(query=query["text"])))
+        parts.append(("text", user(document["text"])))
+    parts.append(("text", MONOQWEN_PROMPT.format(query=user(query["text"]))))
     return parts
 
 
@@ -71,7 +79,7 @@ class Layout:
     """A model card's prompt and answer, as the card's usage code writes them."""
 
     system: str | None
-    parts: Callable[[Side, Side, str], Parts]
+    parts: Callable[[Side, Side, str, UserText], Parts]
     positive: str
     negative: str
     default_instruction: str
@@ -119,6 +127,7 @@ class ReferenceScorer:
         tokenizer = processor.tokenizer
         self.positive = tokenizer.convert_tokens_to_ids(self.layout.positive)
         self.negative = tokenizer.convert_tokens_to_ids(self.layout.negative)
+        self.control_tokens = {token.content: index for index, token in tokenizer.added_tokens_decoder.items()}
 
     @classmethod
     def from_pretrained(
@@ -145,11 +154,18 @@ class ReferenceScorer:
 
     def messages(
         self, query: dict[str, Any], document: dict[str, Any], instruction: str | None
-    ) -> tuple[list[dict[str, Any]], list[Image.Image]]:
-        """The chat messages for one pair (images as ``{"type": "image"}`` slots) and the images, in order."""
+    ) -> tuple[list[dict[str, Any]], list[Image.Image], list[str]]:
+        """The chat messages with a marker for each user text, the images in order, and the user texts."""
+        user_texts: list[str] = []
+
+        def user(text: str) -> str:
+            user_texts.append(text)
+            return f"\ue000{len(user_texts) - 1}\ue001"
+
         content: list[dict[str, Any]] = []
         images = []
-        for kind, value in self.layout.parts(query, document, instruction or self.layout.default_instruction):
+        parts = self.layout.parts(query, document, instruction or self.layout.default_instruction, user)
+        for kind, value in parts:
             if kind == "image":
                 content.append({"type": "image"})
                 images.append(_open(value))
@@ -158,14 +174,57 @@ class ReferenceScorer:
         messages = [{"role": "user", "content": content}]
         if self.layout.system is not None:
             messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.layout.system}]})
-        return messages, images
+        return messages, images, user_texts
+
+    def _plain_ids(self, text: str) -> list[int]:
+        """BPE of ``text`` with no added token recognised: the tokenizer's own pipeline, step by step."""
+        backend = self.processor.tokenizer.backend_tokenizer
+        normalized = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+        words = [word for word, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+        return [token.id for word in words for token in backend.model.tokenize(word)]
+
+    def input_ids(self, template: str, user_texts: list[str], image_tokens: list[int]) -> list[int]:
+        """The ids of a rendered template, user texts literal, image slots expanded to ``image_tokens``."""
+        image_token = self.processor.image_token
+        longest_first = sorted(self.control_tokens, key=len, reverse=True)
+        counts = iter(image_tokens)
+        ids: list[int] = []
+        run: list[str] = []
+        position = 0
+        while position < len(template):
+            marker = _USER_TEXT.match(template, position)
+            if marker is not None:
+                run.append(user_texts[int(marker.group(1))])
+                position = marker.end()
+                continue
+            token = next((token for token in longest_first if template.startswith(token, position)), None)
+            if token is None:
+                run.append(template[position])
+                position += 1
+                continue
+            ids += self._plain_ids("".join(run))
+            run = []
+            ids += [self.control_tokens[token]] * (next(counts) if token == image_token else 1)
+            position += len(token)
+        return ids + self._plain_ids("".join(run))
 
     @torch.inference_mode()
     def score(self, query: dict[str, Any], document: dict[str, Any], instruction: str | None = None) -> float:
         """P(positive answer) for one pair, from the full output head at the last position."""
-        messages, images = self.messages(query, document, instruction)
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.model.device)
+        messages, images, user_texts = self.messages(query, document, instruction)
+        template = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs: dict[str, Any] = {}
+        image_tokens: list[int] = []
+        if images:
+            features = self.processor.image_processor(images=images, return_tensors="pt")
+            merge = int(self.processor.image_processor.merge_size) ** 2
+            image_tokens = [int(grid.prod()) // merge for grid in features["image_grid_thw"]]
+            inputs = {"pixel_values": features["pixel_values"], "image_grid_thw": features["image_grid_thw"]}
+        input_ids = torch.tensor([self.input_ids(template, user_texts, image_tokens)])
+        inputs["input_ids"] = input_ids
+        inputs["attention_mask"] = torch.ones_like(input_ids)
+        inputs["mm_token_type_ids"] = (input_ids == self.processor.image_token_id).long()
+        inputs = {name: value.to(self.model.device) for name, value in inputs.items()}
         logits = self.model(**inputs).logits[0, -1]
         pair = torch.stack([logits[self.positive], logits[self.negative]]).float()
         return float(torch.softmax(pair, dim=0)[0])
