@@ -21,6 +21,12 @@ _HELP = {
     "local_roots": "comma-separated folders under which local image paths may be read (default: none)",
     "allow_private_urls": "allow image URLs on loopback/private/link-local addresses",
     "json_documents": "parse string documents holding JSON {text, image} objects by default",
+    # -- the request path
+    "request_timeout_s": "seconds a request may take from arrival to answer, image downloads included; then 504",
+    "max_request_text_bytes": "UTF-8 bytes of text (query, documents, instruction) one request may hold; more is 413",
+    "max_fetches_per_request": "image URLs of one request downloaded at once",
+    "max_concurrent_fetches": "image URLs downloaded at once by the whole service (shared fairly between requests)",
+    "prepare_threads": "threads that truncate, decode images and tokenise requests before they are queued",
 }
 
 

@@ -39,7 +39,8 @@ class ServerSettings:
         max_queue: Requests waiting for the model; more is answered 429 with Retry-After.
         max_batch_tokens: Padded tokens per forward pass, and the scheduler's budget for merging requests.
         max_wait_ms: How long the scheduler waits for more requests to merge into a batch.
-        request_timeout_s: Time allowed per request, queueing included; more is answered 504.
+        request_timeout_s: Time allowed per request from its arrival, image downloads, decoding, queueing and
+            scoring included; more is answered 504.
         allow_urls: Whether image URLs (http/https) are fetched.
         allow_private_urls: Whether image URLs may point at loopback, private or metadata addresses.
         local_roots: Folders (comma-separated in the environment) under which local image paths are read;
@@ -51,6 +52,13 @@ class ServerSettings:
         torch_threads: CPU threads for the model's operators (``torch.set_num_threads``); default: torch's.
             On a small or shared CPU machine 1 is often much faster than the default (no spinning threads).
         log_level: uvicorn's log level.
+        max_request_text_bytes: Text of one request (query, documents and instruction, in UTF-8 bytes, before
+            truncation); more is answered 413.
+        max_fetches_per_request: Image URLs of one request downloaded at once; the rest wait their turn.
+        max_concurrent_fetches: Image URLs downloaded at once by the whole service; free slots go to the
+            waiting requests in turn, so one request with many slow URLs cannot hold back another's.
+        prepare_threads: Threads that prepare requests for the model (truncate, decode images, tokenise);
+            requests with images may use all but one, so text requests never wait behind decoding.
     """
 
     model: str | None = None
@@ -78,6 +86,11 @@ class ServerSettings:
     ui: bool = True
     torch_threads: int | None = None
     log_level: str = "info"
+    # -- the request path: text size, image downloads, preparing threads ----------------------------
+    max_request_text_bytes: int = 64 * 1024 * 1024
+    max_fetches_per_request: int = 8
+    max_concurrent_fetches: int = 64
+    prepare_threads: int = 4
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_image_bytes", "max_image_pixels"):
@@ -88,6 +101,9 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.fetch_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and the timeouts positive")
+        for name in ("max_request_text_bytes", "max_fetches_per_request", "max_concurrent_fetches", "prepare_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
