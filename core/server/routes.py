@@ -139,7 +139,7 @@ async def rerank_v2(body: RerankRequest, request: Request, state: State) -> Resp
 
 async def _tei(body: TEIRerankRequest, request: Request, state: ServiceState) -> Response:
     query, documents, _ = await off_loop(
-        build_inputs, body.query, body.texts, state.settings, instruction=body.instruction, field="texts"
+        build_inputs, body.query, body.texts, state.settings, instruction=body.instruction, field="texts[{index}]"
     )
     scored = await state.scorer.score_request(query, documents, instruction=body.instruction, request=request)
 

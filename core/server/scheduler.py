@@ -224,6 +224,11 @@ class Scheduler(Generic[W]):
         """Requests waiting (not counting the round being scored)."""
         return len(self._queue)
 
+    def queued(self) -> list[W]:
+        """The requests waiting, oldest first (not the round being scored)."""
+        with self._condition:
+            return [job.work for job in self._queue]
+
     # -- submitting -------------------------------------------------------------------------------
 
     def submit(self, work: W) -> Future[list[float]]:

@@ -176,7 +176,7 @@ def build_inputs(
     *,
     instruction: str | None = None,
     json_documents: bool = False,
-    field: str = "documents",
+    field: str = "documents[{index}]",
 ) -> tuple[Query, list[Document], list[dict[str, str]]]:
     """The query and documents of a request, checked against the limits (call it off the event loop).
 
@@ -188,7 +188,7 @@ def build_inputs(
         settings: The limits.
         instruction: As sent; only checked here.
         json_documents: Parse strings holding ``{"text", "image"}`` objects.
-        field: The documents' name in the request body (``texts`` for TEI), for error messages.
+        field: Where a document is in the request body, for error messages (``texts[{index}]`` for TEI).
 
     Returns:
         The query, the documents, and each document's fields as sent (for echoing).
@@ -216,7 +216,7 @@ def build_inputs(
     raw = []
     parsed = []
     for index, document in enumerate(documents):
-        where = f"{field}[{index}]"
+        where = field.format(index=index)
         fields = content_fields(document, f"document {index}", json_documents=json_documents)
         for name, value in fields.items():
             size = checked_text(value, where if isinstance(document, str) else f"{where}.{name}")
