@@ -197,8 +197,8 @@ def fairness(model: str, slow_urls: int) -> dict[str, Any]:
     }
 
 
-def decoding(model: str) -> dict[str, Any]:
-    with served(model, []) as (url, _):
+def decoding(model: str, extra: list[str]) -> dict[str, Any]:
+    with served(model, extra) as (url, _):
         rerank = f"{url}/v1/rerank"
         text = {"query": "q", "documents": ["a short text document"]}
         _timed_post(rerank, text)
@@ -220,7 +220,7 @@ def decoding(model: str) -> dict[str, Any]:
     }
 
 
-def event_loop(model: str, window_s: float, documents: int, characters: int) -> dict[str, Any]:
+def event_loop(model: str, window_s: float, documents: int, characters: int, extra: list[str]) -> dict[str, Any]:
     rng = random.Random(0)
 
     def body(seed: int) -> bytes:
@@ -228,7 +228,7 @@ def event_loop(model: str, window_s: float, documents: int, characters: int) -> 
         return json.dumps({"query": f"query {seed}", "documents": [text] * documents}).encode()
 
     bodies = [body(seed) for seed in range(4)]
-    with served(model, []) as (url, pid), httpx.Client(timeout=10) as client:
+    with served(model, extra) as (url, pid), httpx.Client(timeout=10) as client:
         for _ in range(20):
             client.get(f"{url}/health")
         idle = []
@@ -284,13 +284,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-s", type=float, default=120.0, help="how long to watch the four big bodies")
     parser.add_argument("--documents", type=int, default=990)
     parser.add_argument("--characters", type=int, default=60_000)
+    parser.add_argument("--serve-args", default="", help="more flags for the server, e.g. '--prepare-threads 2'")
     args = parser.parse_args(argv)
+    extra = args.serve_args.split()
     if args.scenario in ("all", "fairness"):
-        print(json.dumps({"fairness": fairness(args.model, args.slow_urls)}), flush=True)
+        print(json.dumps({"fairness": fairness(args.model, args.slow_urls, extra)}), flush=True)
     if args.scenario in ("all", "decoding"):
-        print(json.dumps({"decoding": decoding(args.model)}), flush=True)
+        print(json.dumps({"decoding": decoding(args.model, extra)}), flush=True)
     if args.scenario in ("all", "event-loop"):
-        figures = event_loop(args.model, args.window_s, args.documents, args.characters)
+        figures = event_loop(args.model, args.window_s, args.documents, args.characters, extra)
         print(json.dumps({"event_loop": figures}), flush=True)
     return 0
 

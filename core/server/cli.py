@@ -30,6 +30,9 @@ _HELP = {
 }
 
 
+_SWITCH_INTERVAL_S = 0.0005
+
+
 def _add_setting(parser: argparse.ArgumentParser, name: str, annotation: str, default: Any) -> None:
     flag = "--" + name.replace("_", "-")
     help_text = f"{_HELP.get(name, name.replace('_', ' '))} (env {env_var(name)}; default {default!r})"
@@ -79,6 +82,9 @@ def serve(args: argparse.Namespace) -> int:
     from lychee_rerank.core.server.app import create_app
 
     settings = settings_from_args(args)
+    # -- the request path: the event loop must win the GIL back quickly from threads that parse,
+    # tokenise and decode; the default 5 ms hand-over, paid on every system call, made /health wait.
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     if settings.torch_threads is not None:
         import torch
 
