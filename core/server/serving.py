@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -323,8 +326,9 @@ class ScheduledReranker(BaseReranker):
         timeout_s: Time allowed per request, from its arrival to its scores.
         prepare: Turns a request into the scheduler's work (:data:`Prepare`).
         fetcher: Downloads http(s) images before preparing; without it the engine reads URLs itself.
-        prepare_threads: Threads preparing requests. Requests with images may take all but one of
-            them, so text requests never wait behind image decoding.
+        prepare_threads: Threads preparing text-only requests; requests with images get a pool of their
+            own of one fewer (at least one), run at a lower CPU priority on Linux, so text requests
+            neither wait for a thread nor for the CPU behind image decoding.
     """
 
     def __init__(
@@ -343,11 +347,14 @@ class ScheduledReranker(BaseReranker):
         self.prepare = prepare
         self.fetcher = fetcher
         self._pool = ThreadPoolExecutor(prepare_threads, thread_name_prefix="lychee-prepare")
-        self._image_lane = asyncio.Semaphore(max(1, prepare_threads - 1))
+        self._image_pool = ThreadPoolExecutor(
+            max(1, prepare_threads - 1), thread_name_prefix="lychee-decode", initializer=_lower_priority
+        )
 
     async def aclose(self) -> None:
         """Stops the preparing threads (queued preparations are dropped) and closes the fetcher."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._image_pool.shutdown(wait=False, cancel_futures=True)
         if self.fetcher is not None:
             await self.fetcher.aclose()
 
@@ -423,13 +430,21 @@ class ScheduledReranker(BaseReranker):
             query, documents = await self.fetcher.fetch(query, documents)
         loop = asyncio.get_running_loop()
         prepare = partial(self.prepare, query, documents, instruction, max_tokens)
-        if query.image is not None or any(document.image is not None for document in documents):
-            async with self._image_lane:
-                work = await loop.run_in_executor(self._pool, prepare)
-        else:
-            work = await loop.run_in_executor(self._pool, prepare)
+        has_images = query.image is not None or any(document.image is not None for document in documents)
+        work = await loop.run_in_executor(self._image_pool if has_images else self._pool, prepare)
         scores = await asyncio.wrap_future(self._submit(work))
         return Scored(scores, work.tokens)
+
+
+_DECODE_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Lowers the calling thread's CPU priority (Linux: niceness is per thread; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        # Not allowed here: decoding still works, at normal priority.
+        with suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _DECODE_NICENESS)
 
 
 # -- arrival time and disconnects -----------------------------------------------------------------
