@@ -166,14 +166,9 @@ def _in_threads(jobs: dict[str, Any]) -> dict[str, tuple[float, int]]:
 # -- scenarios ------------------------------------------------------------------------------------
 
 
-def fairness(model: str, slow_urls: int) -> dict[str, Any]:
-    with (
-        image_host(drip_for_s=60) as host,
-        served(model, ["--request-timeout-s", "5", "--fetch-timeout-s", "10"]) as (
-            url,
-            _,
-        ),
-    ):
+def fairness(model: str, slow_urls: int, extra: list[str]) -> dict[str, Any]:
+    timeouts = ["--request-timeout-s", "5", "--fetch-timeout-s", "10"]
+    with image_host(drip_for_s=60) as host, served(model, [*timeouts, *extra]) as (url, _):
         rerank = f"{url}/v1/rerank"
 
         def fast(n: int) -> dict[str, Any]:
