@@ -243,7 +243,7 @@ def _lookup_target(url: httpx.URL) -> tuple[str, int]:
     return url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80)
 
 
-def _unresolvable(url: httpx.URL, shown: str, error: BaseException) -> ImageError:
+def _unresolvable(url: httpx.URL, shown: str) -> ImageError:
     host = _lookup_target(url)[0]
     return _error("fetch_failed", f"Fetching {shown} failed: the host {host!r} cannot be resolved.")
 
@@ -252,7 +252,7 @@ def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[
     try:
         infos = socket.getaddrinfo(*_lookup_target(url), type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
-        raise _unresolvable(url, shown, error) from error
+        raise _unresolvable(url, shown) from error
     return _judge_addresses(infos, policy, shown)
 
 
@@ -260,7 +260,7 @@ async def _achecked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(*_lookup_target(url), type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
-        raise _unresolvable(url, shown, error) from error
+        raise _unresolvable(url, shown) from error
     return _judge_addresses(infos, policy, shown)
 
 

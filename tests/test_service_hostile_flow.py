@@ -26,6 +26,8 @@ import pytest
 from PIL import Image
 
 from lychee_rerank.core import Document, LocalReranker, Query
+from lychee_rerank.core.errors import ImageError
+from lychee_rerank.core.media import MediaPolicy, afetch_image_url, async_fetch_client, read_image_bytes
 from lychee_rerank.core.server.app import create_app
 from lychee_rerank.core.server.background import BackgroundServer, running_service
 from lychee_rerank.core.server.fetching import FairSlots
@@ -67,6 +69,12 @@ class ImageHost:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path.startswith("/jump/"):  # a redirect to another scheme
+                    self.send_response(302)
+                    self.send_header("Location", "ftp://127.0.0.1/a.png")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if self.path.startswith("/fast/"):
                     self.send_response(200)
                     self.send_header("Content-Type", "image/png")
@@ -181,6 +189,33 @@ def test_a_client_that_disconnects_cancels_its_downloads(tiny_model_dir: Path, h
         # 20 s of dripping or the 30 s fetch timeout would end them.
         assert _wait_for(lambda: host.open == 0)
         assert host.closed_by_client == host.accepted == 6
+
+
+@pytest.mark.parametrize(
+    ("path", "policy", "reason"),
+    [
+        ("/fast/a.png", MediaPolicy(allow_private_urls=True), None),
+        ("/fast/a.png", MediaPolicy(), "forbidden"),  # loopback refused by default
+        ("/jump/a.png", MediaPolicy(allow_private_urls=True), "forbidden"),
+        ("/fast/a.png", MediaPolicy(allow_private_urls=True, max_image_bytes=50), "too_many_bytes"),
+        ("/slow/a.png", MediaPolicy(allow_private_urls=True, max_image_bytes=100), "too_many_bytes"),
+        ("/slow/a.png", MediaPolicy(allow_private_urls=True, fetch_timeout_s=0.5), "fetch_failed"),
+    ],
+)
+def test_async_downloads_follow_the_same_media_policy_as_sync_ones(
+    host: ImageHost, path: str, policy: MediaPolicy, reason: str | None
+) -> None:
+    async def download() -> bytes:
+        async with async_fetch_client(policy) as client:
+            return await afetch_image_url(host.url + path, policy, client)
+
+    outcomes = []
+    for fetch in (lambda: read_image_bytes(host.url + path, policy), lambda: asyncio.run(download())):
+        try:
+            outcomes.append(fetch())
+        except ImageError as error:
+            outcomes.append(error.reason)
+    assert outcomes == [SMALL_PNG if reason is None else reason] * 2
 
 
 def test_free_download_slots_go_to_waiting_requests_in_turn() -> None:

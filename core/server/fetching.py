@@ -143,7 +143,7 @@ class ImageFetcher:
         try:
             await asyncio.gather(*tasks.values())
         except ImageError as error:
-            url = next(url for url, task in tasks.items() if task.done() and task.exception() is error)
+            url = next(url for url, task in tasks.items() if _failed_with(task, error))
             where = next(where for where, item in items if is_url(item.image) and str(item.image) == url)
             raise error.located(where) from error.__cause__
         finally:
@@ -155,3 +155,7 @@ class ImageFetcher:
             return replace(item, image=fetched[str(item.image)]) if is_url(item.image) else item
 
         return swap(query), [swap(document) for document in documents]
+
+
+def _failed_with(task: asyncio.Task[bytes], error: BaseException) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is error
