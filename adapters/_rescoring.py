@@ -41,9 +41,11 @@ What the rewritten response holds (the keys are also module constants):
   "window_size": int}``. ``reranked`` is ``False`` only when the reranker failed and ``fail_open`` kept
   the first-stage order; then every ``_score`` is the untouched original score and ``error`` says why.
 
-Fail-open follows :mod:`lychee_rerank.adapters._second_stage`: a reranker that is down, erroring or past
-``timeout_s`` gives the first-stage order, flagged and logged; an :class:`InvalidInputError` (an image
-field that holds no image, say) always raises, as do all errors when ``fail_open=False``.
+Fail-open follows :mod:`lychee_rerank.adapters._second_stage`: a reranker that is down, erroring, past
+``timeout_s`` or refusing the API key gives the first-stage order with ``response["lychee"]["error"]``
+saying why (``"RemoteAuthError: ..."``), logged as a warning (an error for a refused API key); an
+:class:`InvalidInputError` (an image field that holds no image, say) always raises, as do all errors when
+``fail_open=False``.
 """
 
 from __future__ import annotations
@@ -292,7 +294,8 @@ class HitRescorer:
         instruction: The task instruction or a preset name; ``None`` means the profile's default.
         fail_open: On a reranker failure or timeout, return the first-stage order flagged in the response
             (and logged) instead of raising.
-        timeout_s: Seconds to wait for the reranker; ``None`` waits.
+        timeout_s: Seconds the reranking may take; ``None`` waits. A ``RemoteReranker`` keeps it itself,
+            sync and async, with no extra thread.
 
     Example:
         >>> rescorer = HitRescorer(reranker, text_fields=("title",))  # doctest: +SKIP
@@ -326,7 +329,7 @@ class HitRescorer:
                 raise InvalidInputError(f"text_template names {unknown}, which are not in text_fields {list(fields)}")
         if self.timeout_s is not None and _number(self.timeout_s, "timeout_s") <= 0:
             raise InvalidInputError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
-        # The fail-open rule, deadline and logging are the framework adapters' own (core.postprocess).
+        # The fail-open rule, deadline and logging are the framework adapters' own (adapters._second_stage).
         stage = SecondStage(reranker, instruction=self.instruction, fail_open=self.fail_open, timeout_s=self.timeout_s)
         object.__setattr__(self, "stage", stage)
 

@@ -13,9 +13,11 @@ What comes back, and the documented payload keys:
   constructor option, ``None`` leaves it out).
 - ``with_payload`` is honoured: payload fields fetched only for reranking are removed again. With
   ``with_payload=False`` the payload holds only the keys above (or is ``None`` when there are none).
-- Fail-open: when the reranker is down or slow, the window comes back in first-stage order, ``score``
-  is the first-stage score, ``payload["_rerank_failed"]`` (:data:`RERANK_FAILED_KEY`) is ``True``, a
-  warning is logged, and ``score_threshold`` is not applied (it is a threshold on rerank scores).
+- Fail-open: when the reranker is down, slow (past ``timeout_s``) or refuses the API key, the window comes
+  back in first-stage order, ``score`` is the first-stage score, ``payload["_rerank_failed"]``
+  (:data:`RERANK_FAILED_KEY`) is ``True``, ``payload["_rerank_error"]`` (:data:`RERANK_ERROR_KEY`) says
+  why (``"RemoteAuthError: ..."``), it is logged (as an error for a refused API key, else a warning), and
+  ``score_threshold`` is not applied (it is a threshold on rerank scores).
   ``fail_open=False`` raises instead. Which errors fall back is the rule of
   :mod:`lychee_rerank.adapters._second_stage`; invalid input (an unreadable image) always raises.
 - Returned points are copies; neither the caller's arguments nor the client's objects are changed.
@@ -77,6 +79,7 @@ from lychee_rerank.core.remote import as_reranker  # noqa: E402
 __all__ = [
     "DEFAULT_WINDOW",
     "FIRST_STAGE_SCORE_KEY",
+    "RERANK_ERROR_KEY",
     "RERANK_FAILED_KEY",
     "AsyncQdrantReranker",
     "QdrantReranker",
@@ -89,6 +92,9 @@ FIRST_STAGE_SCORE_KEY = "_first_stage_score"
 
 RERANK_FAILED_KEY = "_rerank_failed"
 """Payload key set to ``True`` on points returned in first-stage order because reranking failed."""
+
+RERANK_ERROR_KEY = "_rerank_error"
+"""Payload key holding why reranking failed (``"Type: message"``) on those points."""
 
 DEFAULT_WINDOW = 50
 """Candidates fetched from Qdrant and reranked per query, unless the constructor or a call says otherwise."""
@@ -375,12 +381,10 @@ class _QdrantRerankBase:
 
     def _response(self, request: _Request, points: Sequence[models.ScoredPoint], selection: Selection) -> QueryResponse:
         page = selection.picks[request.offset : request.offset + request.limit]
-        return QueryResponse(
-            points=[self._copy(request, points[pick.index], pick.score, selection.failed) for pick in page]
-        )
+        return QueryResponse(points=[self._copy(request, points[pick.index], pick.score, selection) for pick in page])
 
     def _copy(
-        self, request: _Request, point: models.ScoredPoint, rerank_score: float | None, failed: bool
+        self, request: _Request, point: models.ScoredPoint, rerank_score: float | None, selection: Selection
     ) -> models.ScoredPoint:
         payload: dict[str, Any] | None = None
         if request.payload.keep:
@@ -390,8 +394,9 @@ class _QdrantRerankBase:
         marks: dict[str, Any] = {}
         if self.first_stage_score_key is not None:
             marks[self.first_stage_score_key] = point.score
-        if failed:
+        if selection.failed:
             marks[RERANK_FAILED_KEY] = True
+            marks[RERANK_ERROR_KEY] = selection.error
         if marks:
             payload = {**(payload or {}), **marks}
         return point.model_copy(
@@ -413,7 +418,8 @@ class QdrantReranker(_QdrantRerankBase):
             Prefetches without a ``limit`` of their own are given the window (Qdrant's default is 10).
         instruction: The task instruction, or a preset name (``"ecommerce"``, ``"academic"``...).
         fail_open: On a reranker failure, return the first-stage order, flagged and logged, instead of raising.
-        timeout_s: Seconds to wait for the reranker before treating the call as failed; ``None`` waits.
+        timeout_s: Seconds the reranking may take before the call counts as failed; ``None`` waits. A
+            ``RemoteReranker`` keeps it itself, sync and async, with no extra thread.
         first_stage_score_key: Payload key that receives the first-stage score; ``None`` leaves it out.
 
     Example:

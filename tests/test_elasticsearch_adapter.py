@@ -25,8 +25,9 @@ from lychee_rerank.adapters.elasticsearch import (
     AsyncElasticsearchRescorer,
     ElasticsearchRescorer,
 )
-from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
+from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query, RemoteReranker
 from lychee_rerank.core.testing.fakes import TableReranker
+from lychee_rerank.core.testing.servers import LoopbackServer, Reply
 
 # First-stage scores descend; the stub's rerank scores are dyadic so hand-computed sums are exact.
 CORPUS = [
@@ -371,6 +372,26 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
     assert response["hits"]["hits"][0][HIT_KEY] == {"original_score": 4.0, "rerank_score": None}
     assert response["hits"]["hits"][0]["_source"] == {"price": 10}
     assert "reranking failed" in caplog.text
+
+
+async def test_a_refused_api_key_is_reported_in_the_response_and_logged_as_an_error(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"error": {"type": "unauthorized", "message": "missing or wrong API key", "status": 401}}
+    with LoopbackServer(lambda number, request: Reply.json(401, body)) as server, caplog.at_level(logging.WARNING):
+        reranker = RemoteReranker(server.url, api_key="wrong")
+        response = ElasticsearchRescorer(sync_client(cluster), reranker, text_fields=("title",)).search(
+            index="docs", query=QUERY, size=2, rescore=BLOCK
+        )
+        asynchronous = await AsyncElasticsearchRescorer(async_client(cluster), reranker, text_fields=("title",)).search(
+            index="docs", query=QUERY, size=2, rescore=BLOCK
+        )
+    for answered in (response, asynchronous):
+        assert answered[RESPONSE_KEY]["reranked"] is False
+        assert answered[RESPONSE_KEY]["error"].startswith("RemoteAuthError:")
+        assert "LYCHEE_API_KEY" in answered[RESPONSE_KEY]["error"]
+        assert _ids_and_scores(answered) == [("d1", 4.0), ("d2", 3.0)]
+    assert {record.levelno for record in caplog.records} == {logging.ERROR}
 
 
 def test_fail_closed_raises_the_rerankers_error(cluster: FakeCluster) -> None:

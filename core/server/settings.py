@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from lychee_rerank.core.media import MediaPolicy
+from lychee_rerank.core.wire import check_api_key
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -101,6 +102,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.fetch_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and the timeouts positive")
+        if self.api_key is not None:
+            check_api_key(self.api_key, "api_key (--api-key, LYCHEE_API_KEY)")
         for name in ("max_request_text_bytes", "max_fetches_per_request", "max_concurrent_fetches", "prepare_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
