@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ctypes
 import functools
@@ -27,10 +28,11 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from urllib.parse import unquote
 
 import httpx
@@ -238,12 +240,8 @@ def _describe_if_not_public(address: str) -> str | None:
     return None if ip.is_global else "non-public"
 
 
-def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[str]:
-    host = url.raw_host.decode("ascii")
-    try:
-        infos = socket.getaddrinfo(host, url.port or (443 if url.scheme == "https" else 80), type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as error:
-        raise _error("fetch_failed", f"Fetching {shown} failed: the host {host!r} cannot be resolved.") from error
+def _judge_addresses(infos: list[tuple[Any, ...]], policy: MediaPolicy, shown: str) -> list[str]:
+    """The addresses of a DNS answer, each allowed by the policy, or the error naming the first that is not."""
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         kind = None if policy.allow_private_urls else _describe_if_not_public(address)
@@ -256,73 +254,146 @@ def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[
     return addresses
 
 
+def _lookup_target(url: httpx.URL) -> tuple[str, int]:
+    return url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80)
+
+
+def _unresolvable(url: httpx.URL, shown: str) -> ImageError:
+    host = _lookup_target(url)[0]
+    return _error("fetch_failed", f"Fetching {shown} failed: the host {host!r} cannot be resolved.")
+
+
+def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(*_lookup_target(url), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise _unresolvable(url, shown) from error
+    return _judge_addresses(infos, policy, shown)
+
+
+async def _achecked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[str]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(*_lookup_target(url), type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as error:
+        raise _unresolvable(url, shown) from error
+    return _judge_addresses(infos, policy, shown)
+
+
+# The sync and async fetches below differ only in their I/O calls; every rule (which address to connect
+# to, what a redirect or a status means, the byte cap, the deadline) is one of these shared helpers.
+
+
+def _hop_request(
+    client: httpx.Client | httpx.AsyncClient, url: httpx.URL, address: str, deadline: float
+) -> httpx.Request:
+    """A GET to the address that was checked, so a second DNS answer cannot point elsewhere."""
+    return client.build_request(
+        "GET",
+        url.copy_with(host=address.partition("%")[0]),
+        headers={"Host": url.netloc.decode("ascii")},
+        extensions={"sni_hostname": url.raw_host.decode("ascii")},
+        timeout=max(deadline - time.monotonic(), 0.001),
+    )
+
+
+def _redirect_or_check(response: httpx.Response, url: httpx.URL, policy: MediaPolicy, shown: str) -> httpx.URL | None:
+    """Where a redirect points; ``None`` when the body is the image (after the status and length checks)."""
+    if response.status_code in _REDIRECTS:
+        location = response.headers.get("location")
+        if not location:
+            raise _error("fetch_failed", f"Fetching {shown} failed: a redirect without a Location.")
+        return url.join(location)
+    if not response.is_success:
+        raise _error(
+            "fetch_failed",
+            f"Fetching {shown} failed: the server answered HTTP "
+            f"{response.status_code}; check that the URL is right and public.",
+        )
+    length = response.headers.get("content-length", "")
+    if length.isdigit():  # refuse before the first byte when the server says how much is coming
+        _check_bytes(int(length), policy, f"The image at {shown}")
+    return None
+
+
+def _add_chunk(body: bytearray, chunk: bytes, policy: MediaPolicy, shown: str, deadline: float) -> None:
+    body += chunk
+    _check_bytes(len(body), policy, f"The image at {shown}")
+    if time.monotonic() > deadline:
+        raise httpx.ReadTimeout("the whole download took too long")
+
+
+def _no_address(shown: str) -> ImageError:
+    return _error("fetch_failed", f"Fetching {shown} failed: the host has no address.")
+
+
 def _get(client: httpx.Client, url: httpx.URL, policy: MediaPolicy, deadline: float) -> bytes | httpx.URL:
     """One hop: the body, or where a redirect points."""
     shown = _redact(str(url))
     addresses = _checked_addresses(url, policy, shown)
     for attempt, address in enumerate(addresses, start=1):
-        # Connect to the address that was checked, so a second DNS answer cannot point elsewhere.
-        request = client.build_request(
-            "GET",
-            url.copy_with(host=address.partition("%")[0]),
-            headers={"Host": url.netloc.decode("ascii")},
-            extensions={"sni_hostname": url.raw_host.decode("ascii")},
-            timeout=max(deadline - time.monotonic(), 0.001),
-        )
         try:
-            response = client.send(request, stream=True)
+            response = client.send(_hop_request(client, url, address, deadline), stream=True)
         except httpx.ConnectError:
             if attempt == len(addresses):
                 raise
             continue
         try:
-            if response.status_code in _REDIRECTS:
-                location = response.headers.get("location")
-                if not location:
-                    raise _error("fetch_failed", f"Fetching {shown} failed: a redirect without a Location.")
-                return url.join(location)
-            if not response.is_success:
-                raise _error(
-                    "fetch_failed",
-                    f"Fetching {shown} failed: the server answered HTTP "
-                    f"{response.status_code}; check that the URL is right and public.",
-                )
-            length = response.headers.get("content-length", "")
-            if length.isdigit():  # refuse before the first byte when the server says how much is coming
-                _check_bytes(int(length), policy, f"The image at {shown}")
+            target = _redirect_or_check(response, url, policy, shown)
+            if target is not None:
+                return target
             body = bytearray()
             for chunk in response.iter_bytes():
-                body += chunk
-                _check_bytes(len(body), policy, f"The image at {shown}")
-                if time.monotonic() > deadline:
-                    raise httpx.ReadTimeout("the whole download took too long")
+                _add_chunk(body, chunk, policy, shown, deadline)
             return bytes(body)
         finally:
             response.close()
-    raise _error("fetch_failed", f"Fetching {shown} failed: the host has no address.")
+    raise _no_address(shown)
 
 
-def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
-    shown = _redact(url)
-    deadline = time.monotonic() + policy.fetch_timeout_s
+async def _aget(client: httpx.AsyncClient, url: httpx.URL, policy: MediaPolicy, deadline: float) -> bytes | httpx.URL:
+    """:func:`_get` on an async client."""
+    shown = _redact(str(url))
+    addresses = await _achecked_addresses(url, policy, shown)
+    for attempt, address in enumerate(addresses, start=1):
+        try:
+            response = await client.send(_hop_request(client, url, address, deadline), stream=True)
+        except httpx.ConnectError:
+            if attempt == len(addresses):
+                raise
+            continue
+        try:
+            target = _redirect_or_check(response, url, policy, shown)
+            if target is not None:
+                return target
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                _add_chunk(body, chunk, policy, shown, deadline)
+            return bytes(body)
+        finally:
+            await response.aclose()
+    raise _no_address(shown)
+
+
+def _start_url(url: str) -> httpx.URL:
     try:
-        current = httpx.URL(url)
+        return httpx.URL(url)
     except httpx.InvalidURL as error:
-        raise _error("invalid_source", f"The URL {shown} is not valid; check its host and port.") from error
+        raise _error("invalid_source", f"The URL {_redact(url)} is not valid; check its host and port.") from error
+
+
+def _check_hop_url(current: httpx.URL, shown: str) -> None:
+    if current.scheme not in ("http", "https") or not current.raw_host:
+        raise _error(
+            "forbidden",
+            f"Fetching {shown} led to {_redact(str(current))!r}; only http(s) URLs with a host are fetched.",
+        )
+
+
+@contextmanager
+def _fetch_errors(shown: str, policy: MediaPolicy) -> Iterator[None]:
+    """Turns the HTTP client's errors into :class:`ImageError` (``fetch_failed``)."""
     try:
-        # Proxies from the environment would connect somewhere other than the address checked here.
-        with httpx.Client(follow_redirects=False, trust_env=False, headers={"User-Agent": policy.user_agent}) as client:
-            for _ in range(policy.max_redirects + 1):
-                if current.scheme not in ("http", "https") or not current.raw_host:
-                    raise _error(
-                        "forbidden",
-                        f"Fetching {shown} led to {_redact(str(current))!r}; only "
-                        "http(s) URLs with a host are fetched.",
-                    )
-                result = _get(client, current, policy, deadline)
-                if isinstance(result, bytes):
-                    return result
-                current = result
+        yield
     except httpx.TimeoutException as error:
         raise _error(
             "fetch_failed",
@@ -333,7 +404,83 @@ def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
         raise
     except (httpx.HTTPError, httpx.InvalidURL) as error:  # connection refused, reset, bad redirect URL
         raise _error("fetch_failed", f"Fetching {shown} failed: {type(error).__name__}: {error}.") from error
-    raise _error("fetch_failed", f"Fetching {shown} failed: more than {policy.max_redirects} redirects.")
+
+
+def _too_many_redirects(shown: str, policy: MediaPolicy) -> ImageError:
+    return _error("fetch_failed", f"Fetching {shown} failed: more than {policy.max_redirects} redirects.")
+
+
+def _client_options(policy: MediaPolicy) -> dict[str, Any]:
+    # Proxies from the environment would connect somewhere other than the address checked here.
+    return {"follow_redirects": False, "trust_env": False, "headers": {"User-Agent": policy.user_agent}}
+
+
+def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
+    shown = _redact(url)
+    deadline = time.monotonic() + policy.fetch_timeout_s
+    current = _start_url(url)
+    with _fetch_errors(shown, policy), httpx.Client(**_client_options(policy)) as client:
+        for _ in range(policy.max_redirects + 1):
+            _check_hop_url(current, shown)
+            result = _get(client, current, policy, deadline)
+            if isinstance(result, bytes):
+                return result
+            current = result
+    raise _too_many_redirects(shown, policy)
+
+
+def async_fetch_client(policy: MediaPolicy, *, max_connections: int = 100) -> httpx.AsyncClient:
+    """An async HTTP client for :func:`afetch_image_url`, meant to be shared by many fetches (one TLS setup).
+
+    The caller closes it (``await client.aclose()``).
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(limits=limits, **_client_options(policy))
+
+
+async def afetch_image_url(url: str, policy: MediaPolicy, client: httpx.AsyncClient) -> bytes:
+    """Downloads an image URL under ``policy`` without a thread; cancelling the task closes its connection.
+
+    The same rules as :func:`read_image_bytes` for a URL (public addresses unless allowed, the checked
+    address connected to, every redirect checked again, byte caps while downloading), and the whole
+    download, redirects included, ends within ``policy.fetch_timeout_s``.
+
+    Args:
+        url: An http(s) URL.
+        policy: What may be fetched and how much.
+        client: From :func:`async_fetch_client` with the same policy.
+
+    Raises:
+        ImageError: With ``reason`` forbidden, fetch_failed, too_many_bytes or invalid_source.
+    """
+    shown = _redact(url)
+    if not policy.allow_urls:
+        raise _urls_disabled(url)
+    if source_kind(url) != "url":
+        raise _error("invalid_source", f"{shown!r} is not an http(s) URL.")
+    deadline = time.monotonic() + policy.fetch_timeout_s
+    current = _start_url(url.strip())
+    with _fetch_errors(shown, policy):
+        try:
+            # Per-operation timeouts let a server that drips bytes run past the whole download's time.
+            async with asyncio.timeout(policy.fetch_timeout_s):
+                for _ in range(policy.max_redirects + 1):
+                    _check_hop_url(current, shown)
+                    result = await _aget(client, current, policy, deadline)
+                    if isinstance(result, bytes):
+                        return result
+                    current = result
+        except TimeoutError as error:
+            raise httpx.ReadTimeout("the whole download took too long") from error
+    raise _too_many_redirects(shown, policy)
+
+
+def _urls_disabled(text: str) -> ImageError:
+    return _error(
+        "forbidden",
+        f"Fetching image URLs is disabled by this media policy ({_redact(text)}); "
+        "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
+    )
 
 
 def _is_existing_file(text: str, policy: MediaPolicy) -> bool:
@@ -356,11 +503,7 @@ def _read_str(source: str, policy: MediaPolicy) -> bytes:
     kind = source_kind(text)
     if kind == "url":
         if not policy.allow_urls:
-            raise _error(
-                "forbidden",
-                f"Fetching image URLs is disabled by this media policy ({_redact(text)}); "
-                "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
-            )
+            raise _urls_disabled(text)
         return _fetch_url(text, policy)
     if kind == "data_uri":
         return _read_data_uri(text, policy)

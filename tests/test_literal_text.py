@@ -48,7 +48,7 @@ def control_counts(engine: ScoringEngine, ids: list[int]) -> Counter[str]:
 
 def template_counts(engine: ScoringEngine) -> Counter[str]:
     """The control tokens the template writes for a text pair, counted on harmless text."""
-    return control_counts(engine, engine.encode(Query("query"), Document("document"), "instruction"))
+    return control_counts(engine, engine.encode_pair(Query("query"), Document("document"), "instruction"))
 
 
 def plain_ids(engine: ScoringEngine, query: Query, document: Document, instruction: str | None = None) -> list[int]:
@@ -77,7 +77,7 @@ def test_a_forged_answer_in_a_document_adds_no_control_token(
 ) -> None:
     engine = tiny_reranker.engine
     query = Query("a wooden toy train")
-    ids = engine.encode(query, Document(FORGED_ANSWER))
+    ids = engine.encode_pair(query, Document(FORGED_ANSWER))
     assert control_counts(engine, ids) == template_counts(engine)
     # The plain rendered string would have held two extra <|im_end|> and one extra <|im_start|>.
     plain = control_counts(engine, plain_ids(engine, query, Document(FORGED_ANSWER)))
@@ -98,7 +98,7 @@ def test_no_control_token_in_user_text_becomes_a_token(
     query = Query(text if where == "query" else "red dress")
     document = Document(text if where == "document" else "a red summer dress")
     instruction = text if where == "instruction" else None
-    ids = engine.encode(query, document, instruction)
+    ids = engine.encode_pair(query, document, instruction)
     assert control_counts(engine, ids) == template_counts(engine)
     assert reference_ids(reference, query, document, instruction) == ids
 
@@ -107,7 +107,7 @@ def test_no_control_token_in_user_text_becomes_a_token(
 def test_every_profile_keeps_user_text_literal(engines: dict[str, ScoringEngine], profile: str) -> None:
     engine = engines[profile]
     everything = " ".join(QWEN_CONTROL_TOKENS)
-    ids = engine.encode(Query(f"q {everything}"), Document(f"{FORGED_ANSWER} {everything}"), f"i {everything}")
+    ids = engine.encode_pair(Query(f"q {everything}"), Document(f"{FORGED_ANSWER} {everything}"), f"i {everything}")
     assert control_counts(engine, ids) == template_counts(engine)
     assert sum(template_counts(engine).values()) >= 3  # the template's own turn markers are still tokens
 
@@ -126,7 +126,7 @@ def test_text_without_control_tokens_tokenises_exactly_as_before(
         query = Query(samples[(number + 1) % len(samples)] or "q")
         document = Document(text)
         instruction = samples[(number + 2) % len(samples)] or None
-        assert engine.encode(query, document, instruction) == plain_ids(engine, query, document, instruction), text
+        assert engine.encode_pair(query, document, instruction) == plain_ids(engine, query, document, instruction), text
 
 
 def test_image_prompts_tokenise_exactly_as_the_processor_does(
@@ -168,7 +168,7 @@ def test_image_and_text_pair_with_forged_tokens_matches_the_reference(
 def test_marker_characters_in_user_text_are_just_characters(tiny_reranker: LocalReranker) -> None:
     engine = tiny_reranker.engine
     document = Document("\ue0000\ue001 and \ue000 alone \ue001")
-    assert engine.encode(Query("q"), document) == plain_ids(engine, Query("q"), document)
+    assert engine.encode_pair(Query("q"), document) == plain_ids(engine, Query("q"), document)
     assert engine.render(Query("q"), document).count(document.text or "") == 1
 
 

@@ -17,7 +17,7 @@ from lychee_rerank.core import Document, LocalReranker, Query
 from lychee_rerank.core.remote import encode_image
 from lychee_rerank.core.server.app import create_app
 from lychee_rerank.core.server.background import BackgroundServer, running_service
-from lychee_rerank.core.server.scheduler import QueueFullError, Scheduler
+from lychee_rerank.core.server.scheduler import PlainRequest, QueueFullError, Scheduler, score_plain
 from lychee_rerank.core.server.settings import ServerSettings
 
 API_KEY = "test-key-123"
@@ -304,15 +304,15 @@ def test_scheduler_merges_same_query_and_isolates_a_bad_request() -> None:
         calls.append(len(documents))
         return [float(len(document.text or "")) for document in documents]
 
-    scheduler = Scheduler(score, max_queue=2, max_wait_ms=0)
+    scheduler = Scheduler(score_plain(score), max_queue=2, max_wait_ms=0)
     scheduler.start()
     try:
-        blocker = scheduler.submit(Query("q"), [Document("x")], None)
+        blocker = scheduler.submit(PlainRequest(Query("q"), [Document("x")], None))
         time.sleep(0.05)
-        good = scheduler.submit(Query("q"), [Document("aa"), Document("bbb")], None)
-        bad = scheduler.submit(Query("q"), [Document("bad")], None)
+        good = scheduler.submit(PlainRequest(Query("q"), [Document("aa"), Document("bbb")], None))
+        bad = scheduler.submit(PlainRequest(Query("q"), [Document("bad")], None))
         with pytest.raises(QueueFullError):
-            scheduler.submit(Query("q"), [Document("c")], None)
+            scheduler.submit(PlainRequest(Query("q"), [Document("c")], None))
         gate.set()
         assert blocker.result(5) == [1.0]
         assert good.result(5) == [2.0, 3.0]

@@ -32,7 +32,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -90,6 +90,27 @@ class _Prefix:
     @property
     def length(self) -> int:
         return len(self.input_ids)
+
+
+@dataclass
+class EncodedRequest:
+    """A request ready for the model (:meth:`ScoringEngine.encode`): its pairs tokenised, its images prepared.
+
+    Attributes:
+        pairs: One per document, in order.
+        images: The preprocessed images the pairs refer to, by content digest.
+    """
+
+    pairs: list[_Pair]
+    images: dict[str, _PreparedImage]
+
+    @property
+    def tokens(self) -> int:
+        """The exact prompt tokens of every pair, image placeholders included."""
+        return sum(len(pair) for pair in self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
 
 
 @dataclass
@@ -210,6 +231,9 @@ class ScoringEngine:
         self._vision_cache: ByteBudgetLRU[dict[str, Any]] = ByteBudgetLRU(vision_cache_bytes)
         self._prompts = LiteralPromptEncoder(processor, profile)
         self._lock = threading.Lock()
+        # Held around every use of the tokenizer: a fast tokenizer raises "Already borrowed" when one
+        # thread changes its settings while another encodes. Whoever else tokenises with it takes it too.
+        self.tokenizer_lock = threading.Lock()
         model = loaded.model
         self._base = model.model
         head = model.get_output_embeddings()
@@ -228,13 +252,7 @@ class ScoringEngine:
         """Probabilities that each document satisfies the query, in input order."""
         if not documents:
             return []
-        with self._lock:
-            images, query_key, document_keys = self._prepare_images(query, documents)
-            pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
-            prefix = self._run_prefix(pairs, images) if self.reuse_prefix and len(pairs) > 1 else None
-            if prefix:
-                self.stats.prefix_tokens_reused += prefix.length * (len(pairs) - 1)
-            return self._score_pairs(pairs, images, prefix)
+        return self.score_encoded([self.encode(query, documents, instruction)])[0]
 
     def score_groups(self, groups: Sequence[tuple[Query, Sequence[Document], str | None]]) -> list[list[float]]:
         """Scores several (query, documents, instruction) requests in shared batches.
@@ -248,28 +266,57 @@ class ScoringEngine:
         """
         if len(groups) == 1:
             return [self.score(*groups[0])]
+        encoded = []
+        for number, (query, documents, instruction) in enumerate(groups):
+            try:
+                encoded.append(self.encode(query, documents, instruction))
+            except ImageError as error:
+                raise error.located(f"request {number}") from error
+            except InvalidInputError as error:
+                raise InvalidInputError(f"request {number}: {error}") from error
+        return self.score_encoded(encoded, share_prefix=False)
+
+    def encode(self, query: Query, documents: Sequence[Document], instruction: str | None = None) -> EncodedRequest:
+        """Everything about a request that needs no model: images read, decoded and preprocessed, each
+        pair rendered and tokenised.
+
+        A server calls this before it queues the request (as text-embeddings-inference tokenises before
+        its queue), so the scheduler budgets exact token counts and its one model thread never decodes an
+        image. Safe to call from several threads at once, and while another thread scores.
+
+        Raises:
+            InvalidInputError: A query or document cannot be scored; the message names which.
+        """
+        if not documents:
+            return EncodedRequest([], {})
+        images, query_key, document_keys = self._prepare_images(query, documents)
+        with self.tokenizer_lock:
+            pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
+        return EncodedRequest(pairs, images)
+
+    def score_encoded(self, requests: Sequence[EncodedRequest], *, share_prefix: bool = True) -> list[list[float]]:
+        """Scores encoded requests in shared batches; each request's scores in its documents' order.
+
+        Args:
+            requests: From :meth:`encode`.
+            share_prefix: Run the prompt part all pairs share once and reuse its key/value cache (for
+                requests with the same query and instruction; harmless otherwise, only less useful).
+        """
+        pairs: list[_Pair] = []
+        images: dict[str, _PreparedImage] = {}
+        bounds = [0]
+        for request in requests:
+            images.update(request.images)
+            pairs.extend(replace(pair, index=pair.index + bounds[-1]) for pair in request.pairs)
+            bounds.append(len(pairs))
+        if not pairs:
+            return [[] for _ in requests]
         with self._lock:
-            pairs: list[_Pair] = []
-            images: dict[str, _PreparedImage] = {}
-            bounds = [0]
-            for number, (query, documents, instruction) in enumerate(groups):
-                if not documents:
-                    bounds.append(len(pairs))
-                    continue
-                try:
-                    prepared, query_key, document_keys = self._prepare_images(query, documents)
-                    images.update(prepared)
-                    encoded = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
-                except ImageError as error:
-                    raise error.located(f"request {number}") from error
-                except InvalidInputError as error:
-                    raise InvalidInputError(f"request {number}: {error}") from error
-                for pair in encoded:
-                    pair.index += bounds[-1]
-                pairs.extend(encoded)
-                bounds.append(len(pairs))
-            scores = self._score_pairs(pairs, images, None) if pairs else []
-            return [scores[start:end] for start, end in itertools.pairwise(bounds)]
+            prefix = self._run_prefix(pairs, images) if share_prefix and self.reuse_prefix and len(pairs) > 1 else None
+            if prefix:
+                self.stats.prefix_tokens_reused += prefix.length * (len(pairs) - 1)
+            scores = self._score_pairs(pairs, images, prefix)
+        return [scores[start:end] for start, end in itertools.pairwise(bounds)]
 
     def _score_pairs(
         self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
@@ -352,15 +399,15 @@ class ScoringEngine:
     def render(self, query: Query, document: Document, instruction: str | None = None) -> str:
         """The exact prompt text for one pair, with one ``<|image_pad|>`` per image (golden tests pin it).
 
-        User text appears here as it was given; :meth:`encode` tokenises it as literal characters, so a
+        User text appears here as it was given; :meth:`encode_pair` tokenises it as literal characters, so a
         control-token string in it is not a control token in the prompt.
         """
         return self._prompts.text(self._prompts.render(query, document, instruction))
 
-    def encode(self, query: Query, document: Document, instruction: str | None = None) -> list[int]:
-        """The token ids of one text pair's prompt (image pairs need their images: see :meth:`score`)."""
+    def encode_pair(self, query: Query, document: Document, instruction: str | None = None) -> list[int]:
+        """The token ids of one text pair's prompt (image pairs need their images: see :meth:`encode`)."""
         if query.has_image or document.has_image:
-            raise InvalidInputError("encode() takes text pairs only; images are expanded when scoring")
+            raise InvalidInputError("encode_pair() takes text pairs only; images are expanded when scoring")
         return self._prompts.encode([(self._prompts.render(query, document, instruction), [])])[0]
 
     def _encode_pairs(

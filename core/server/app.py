@@ -12,6 +12,7 @@ import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,12 +21,20 @@ from lychee_rerank.core import __version__, wire
 from lychee_rerank.core.local import LocalReranker
 from lychee_rerank.core.local.engine import ScoringEngine
 from lychee_rerank.core.server.errors import install_error_handlers
+from lychee_rerank.core.server.fetching import ImageFetcher
 from lychee_rerank.core.server.limits import BodyLimitMiddleware
 from lychee_rerank.core.server.metrics import CONTENT_TYPE, MetricsMiddleware, ServiceMetrics
 from lychee_rerank.core.server.protocol import Health
 from lychee_rerank.core.server.routes import ServiceState, router
-from lychee_rerank.core.server.scheduler import Scheduler, ScoreFunction
-from lychee_rerank.core.server.serving import ScheduledReranker, Truncator
+from lychee_rerank.core.server.scheduler import Scheduler, ScoreFunction, score_plain
+from lychee_rerank.core.server.serving import (
+    ArrivalMiddleware,
+    ScheduledReranker,
+    Truncator,
+    engine_batches,
+    engine_preparer,
+    plain_preparer,
+)
 from lychee_rerank.core.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +56,8 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
             built with. The reranker itself is not changed.
         settings: Limits and options.
         score: The engine call the scheduler makes, ``score(query, documents, instruction)``; default: the
-            service's engine. A seam for tests and for wrapping the engine (tracing, a gate).
+            service's engine, with requests encoded before they are queued. A seam for tests and for
+            wrapping the engine (tracing, a gate): requests are then only truncated before queueing.
     """
     policy = settings.media_policy()
     engine = ScoringEngine(
@@ -59,11 +69,12 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
         image_cache_bytes=settings.image_cache_bytes,
         vision_cache_bytes=settings.vision_cache_bytes,
     )
-    scheduler_box: list[Scheduler] = []
+    scheduler_box: list[Scheduler[Any]] = []
     metrics = ServiceMetrics(lambda: scheduler_box[0].depth if scheduler_box else 0)
-    scheduler = Scheduler(
-        score or engine.score,
-        score_groups=None if score else engine.score_groups,
+    truncator = Truncator(reranker.loaded.tokenizer, settings.max_document_tokens, lock=engine.tokenizer_lock)
+    # -- the request path: prepared (truncated, decoded, tokenised) in threads, then queued --------
+    scheduler: Scheduler[Any] = Scheduler(
+        score_plain(score) if score else engine_batches(engine),
         max_queue=settings.max_queue,
         max_batch_tokens=settings.max_batch_tokens,
         max_wait_ms=settings.max_wait_ms,
@@ -71,9 +82,16 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
         on_dropped=metrics.dropped.inc,
     )
     scheduler_box.append(scheduler)
-    scorer = ScheduledReranker(scheduler, settings.request_timeout_s, media_policy=policy)
+    scorer = ScheduledReranker(
+        scheduler,
+        settings.request_timeout_s,
+        prepare=plain_preparer(truncator) if score else engine_preparer(engine, truncator),
+        fetcher=ImageFetcher(
+            policy, per_request=settings.max_fetches_per_request, total=settings.max_concurrent_fetches
+        ),
+        prepare_threads=settings.prepare_threads,
+    )
     model_name = settings.served_model_name or reranker.model_name
-    truncator = Truncator(reranker.loaded.tokenizer, settings.max_document_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,6 +100,7 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
             yield
         finally:
             scheduler.close()
+            await scorer.aclose()
 
     app = FastAPI(
         title="lychee-rerank",
@@ -113,6 +132,7 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
     # Outermost first: metrics see every answer, the body limit runs before any parsing.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=(*ROUTES, wire.UI_ROUTE))
+    app.add_middleware(ArrivalMiddleware)  # outermost: a request's deadline counts from here
     return app
 
 

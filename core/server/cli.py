@@ -33,7 +33,16 @@ _HELP = {
     "json_documents": "parse string documents holding JSON {text, image} objects by default",
     "image_cache_bytes": "memory for recently decoded images, in bytes, each kept at the model's pixel bounds (0: off)",
     "vision_cache_bytes": "memory for vision-tower outputs of recent images, in bytes, on the model's device (0: off)",
+    # -- the request path
+    "request_timeout_s": "seconds a request may take from arrival to answer, image downloads included; then 504",
+    "max_request_text_bytes": "UTF-8 bytes of text (query, documents, instruction) one request may hold; more is 413",
+    "max_fetches_per_request": "image URLs of one request downloaded at once",
+    "max_concurrent_fetches": "image URLs downloaded at once by the whole service (shared fairly between requests)",
+    "prepare_threads": "threads that truncate, decode images and tokenise requests before they are queued",
 }
+
+
+_SWITCH_INTERVAL_S = 0.0005
 
 
 def _add_setting(parser: argparse.ArgumentParser, name: str, annotation: str, default: Any) -> None:
@@ -87,6 +96,9 @@ def serve(args: argparse.Namespace) -> int:
     from lychee_rerank.core.server.app import create_app
 
     settings = settings_from_args(args)
+    # -- the request path: the event loop must win the GIL back quickly from threads that parse,
+    # tokenise and decode; the default 5 ms hand-over, paid on every system call, made /health wait.
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     if settings.torch_threads is not None:
         import torch
 

@@ -10,16 +10,18 @@ body is empty                             400     ``invalid_input``
 empty documents, empty query              400     ``invalid_input``
 wrong types, unknown fields, bad top_n    422     ``validation_error``
 document or query cannot be scored        422     ``invalid_input``
+invalid Unicode (a lone surrogate)        422     ``invalid_input`` (names the field)
 image too many bytes                      413     ``image_error`` (reason)
 image too many pixels, undecodable,       422     ``image_error`` (reason)
 not found, fetch failed, invalid source,
 forbidden (private URL, local path)
-too many documents, body too large        413     ``too_large``
+too many documents, body too large,       413     ``too_large``
+too much text (--max-request-text-bytes)
 missing or wrong API key                  401     ``unauthorized``
 unknown path, wrong method                404/405 ``http_error``
 queue full                                429     ``overloaded`` + Retry-After
 request timeout                           504     ``timeout``
-anything else                             500     ``internal_error`` (logged)
+anything else                             500     ``internal_error`` (logged), ``Connection: close``
 ========================================  ======  =========================
 
 A forbidden image source is 422 rather than 403: the client is authorised; the *input* names a source the
@@ -28,8 +30,9 @@ media policy refuses, and fixing the input (sending bytes instead of a path) is 
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -119,12 +122,55 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(error, "headers", None)
         return error_response(status, "http_error", str(detail), headers=headers)
 
-    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-        return error_response(500, "internal_error", "the server failed to answer; the error is in its log")
-
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(InvalidInputError, on_invalid_input)
     app.add_exception_handler(HTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    # Anything else: the middleware below, not an exception handler. Starlette re-raises after its
+    # 500 handler (so the server logs a second traceback and drops the keep-alive connection unannounced).
+    app.add_middleware(UnexpectedErrorMiddleware)
+
+
+# -- unexpected errors ----------------------------------------------------------------------------
+
+_INTERNAL_MESSAGE = "the server failed to answer; the error is in its log"
+
+
+class UnexpectedErrorMiddleware:
+    """Answers an error no handler took with a complete JSON 500 and ``Connection: close``, logged once.
+
+    Pure ASGI, installed inside the other middleware (so metrics count the 500). The error is logged as
+    one line and one traceback, and not raised further: the server would log it again. ``Connection:
+    close`` tells a keep-alive client to open a new connection instead of reusing one whose state is
+    unknown. If the response had already started, it cannot be completed: the error is logged and the
+    server closes the connection.
+    """
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as error:
+            logger.error("unexpected error on %s %s", scope.get("method"), scope.get("path"), exc_info=error)
+            if started:
+                return
+            payload = json.dumps(error_body(500, "internal_error", _INTERNAL_MESSAGE)).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})

@@ -40,7 +40,8 @@ class ServerSettings:
         max_queue: Requests waiting for the model; more is answered 429 with Retry-After.
         max_batch_tokens: Padded tokens per forward pass, and the scheduler's budget for merging requests.
         max_wait_ms: How long the scheduler waits for more requests to merge into a batch.
-        request_timeout_s: Time allowed per request, queueing included; more is answered 504.
+        request_timeout_s: Time allowed per request from its arrival, image downloads, decoding, queueing and
+            scoring included; more is answered 504.
         allow_urls: Whether image URLs (http/https) are fetched.
         allow_private_urls: Whether image URLs may point at loopback, private or metadata addresses.
         local_roots: Folders (comma-separated in the environment) under which local image paths are read;
@@ -56,6 +57,13 @@ class ServerSettings:
             first reduced to the model's pixel bounds; an RGB pixel holds 4 bytes); 0 turns it off.
         vision_cache_bytes: Memory for the vision tower's outputs of images seen recently (on the
             model's device); 0 turns it off.
+        max_request_text_bytes: Text of one request (query, documents and instruction, in UTF-8 bytes, before
+            truncation); more is answered 413.
+        max_fetches_per_request: Image URLs of one request downloaded at once; the rest wait their turn.
+        max_concurrent_fetches: Image URLs downloaded at once by the whole service; free slots go to the
+            waiting requests in turn, so one request with many slow URLs cannot hold back another's.
+        prepare_threads: Threads that prepare requests for the model (truncate, decode images, tokenise);
+            requests with images may use all but one, so text requests never wait behind decoding.
     """
 
     model: str | None = None
@@ -85,6 +93,11 @@ class ServerSettings:
     log_level: str = "info"
     image_cache_bytes: int = 256 * 1024 * 1024
     vision_cache_bytes: int = 256 * 1024 * 1024
+    # -- the request path: text size, image downloads, preparing threads ----------------------------
+    max_request_text_bytes: int = 64 * 1024 * 1024
+    max_fetches_per_request: int = 8
+    max_concurrent_fetches: int = 64
+    prepare_threads: int = 4
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_image_bytes", "max_image_pixels"):
@@ -97,6 +110,9 @@ class ServerSettings:
             raise ValueError("max_wait_ms must be >= 0 and the timeouts positive")
         if self.api_key is not None:
             check_api_key(self.api_key, "api_key (--api-key, LYCHEE_API_KEY)")
+        for name in ("max_request_text_bytes", "max_fetches_per_request", "max_concurrent_fetches", "prepare_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
