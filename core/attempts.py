@@ -179,7 +179,7 @@ def plan(policy: Policy, pool: EndpointPool) -> Plan:
             when = "it asked to be retried" if asked is not None else "the next retry would be"
             raise _giving_up(
                 outcome,
-                f"the reranking service at {where} is {problem}; {when} in {delay:g} s, which does not fit in "
+                f"the reranking service at {where} is {problem}; {when} in {delay:.3g} s, which does not fit in "
                 f"the {left:.2f} s left of timeout={policy.timeout:g} s; not retried",
             )
         if delay > 0:
