@@ -12,6 +12,7 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from lychee_rerank.core.server.ray_serve import add_ray_arguments, options_from_args, serve_on_ray
 from lychee_rerank.core.server.settings import ServerSettings, env_var
 
 _HELP = {
@@ -56,6 +57,8 @@ def register(subparsers: Any) -> None:
     defaults = ServerSettings()
     for field in fields(ServerSettings):
         _add_setting(parser, field.name, str(field.type), getattr(defaults, field.name))
+    # Ray Serve: `serve --ray --replicas N` (core/server/ray_serve.py).
+    add_ray_arguments(parser)
     parser.set_defaults(handler=serve)
 
 
@@ -73,6 +76,9 @@ def serve(args: argparse.Namespace) -> int:
     from lychee_rerank.core.server.app import create_app
 
     settings = settings_from_args(args)
+    # Ray Serve: the same app from N replicas; each replica loads its own model.
+    if getattr(args, "ray", False):
+        return serve_on_ray(settings, options_from_args(args))
     if settings.torch_threads is not None:
         import torch
 
