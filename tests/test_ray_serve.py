@@ -81,6 +81,7 @@ def _replica_actors() -> dict[str, Any]:
 def ray_service(tiny_model_dir: Path) -> Iterator[str]:
     """Two CPU replicas behind Ray Serve's proxy on a free loopback port; small queues to see backpressure."""
     ray.init(
+        address="local",  # a cluster of its own, even when another one runs on this machine
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -256,3 +257,9 @@ def test_batch_on_ray_data_matches_the_local_batch(ray_service: str, tiny_model_
         assert [item["index"] for item in on_ray[key]["results"]] == [item["index"] for item in row["results"]]
         for ours, theirs in zip(on_ray[key]["results"], row["results"], strict=True):
             assert ours["score"] == pytest.approx(theirs["score"], abs=1e-6)
+
+
+def test_serve_ray_refuses_half_an_autoscaling_range_before_loading_anything() -> None:
+    from lychee_rerank.core.cli import main
+
+    assert main(["serve", "--ray", "--min-replicas", "1", "--model", "tiny"]) == 2

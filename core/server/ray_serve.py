@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.server.settings import ServerSettings, parse_value
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,9 @@ class RayOptions:
     """How the service runs on Ray Serve.
 
     Attributes:
-        address: The Ray cluster to join (``auto``, ``ray://head:10001``...); ``None`` joins the one in
-            ``$RAY_ADDRESS`` or starts a local one.
+        address: The Ray cluster to join (``auto``, ``ray://head:10001``...); ``local`` always starts a new
+            one on this machine; ``None`` joins ``$RAY_ADDRESS``, else the latest cluster started on this
+            machine, else starts one (Ray's own rule).
         replicas: Replicas when not autoscaling.
         min_replicas: With ``max_replicas``, autoscale between these bounds instead of a fixed count.
         max_replicas: Upper bound when autoscaling.
@@ -100,7 +104,8 @@ class RayOptions:
 
 
 _FLAG_HELP = {
-    "address": "Ray cluster to join, e.g. auto or ray://head:10001 (default: $RAY_ADDRESS, else a local one)",
+    "address": "Ray cluster to join (auto, ray://head:10001; local: a new one here; default: $RAY_ADDRESS, "
+    "else the latest one started here, else a new one)",
     "replicas": "replicas, each holding one model (default 1)",
     "min_replicas": "autoscale: fewest replicas (with --max-replicas)",
     "max_replicas": "autoscale: most replicas (with --min-replicas)",
@@ -124,6 +129,7 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             _FLAGS.get(field.name, "--" + field.name.replace("_", "-")),
             dest="ray_" + field.name,
+            metavar=field.name.split("_")[-1].upper(),
             type=parse,
             default=None,
             help=_FLAG_HELP[field.name],
@@ -131,9 +137,16 @@ def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> RayOptions:
-    """The Ray options given on the command line, defaults for the rest."""
+    """The Ray options given on the command line, defaults for the rest.
+
+    Raises:
+        LycheeError: An option is out of range, saying which.
+    """
     given = {field.name: getattr(args, "ray_" + field.name, None) for field in fields(RayOptions)}
-    return RayOptions(**{name: value for name, value in given.items() if value is not None})
+    try:
+        return RayOptions(**{name: value for name, value in given.items() if value is not None})
+    except ValueError as error:
+        raise LycheeError(str(error)) from None
 
 
 def _wants_gpu(settings: ServerSettings, cluster_gpus: Callable[[], float]) -> bool:
@@ -166,6 +179,7 @@ def deployment_options(
         "max_queued_requests": options.max_queued_requests,
         # Loading a 7B model takes a while; Ray's default health-check timeout would kill a loading replica.
         "health_check_timeout_s": 120.0,
+        "logging_config": _logging_config(settings.log_level),
     }
     if options.min_replicas is not None:
         result["autoscaling_config"] = {
@@ -179,6 +193,13 @@ def deployment_options(
     if backpressure is not None:
         result["backpressure_config"] = backpressure
     return result
+
+
+def _logging_config(log_level: str) -> dict[str, Any]:
+    # uvicorn's level names, as `serve --log-level` takes them, in Ray's terms; the access log only at info.
+    level = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR"}
+    name = level.get(log_level.lower(), "CRITICAL" if log_level.lower() == "critical" else "INFO")
+    return {"log_level": name, "enable_access_log": name in ("DEBUG", "INFO")}
 
 
 def _backpressure_config(retry_after_s: float) -> Any:
@@ -296,6 +317,8 @@ def serve_on_ray(settings: ServerSettings, options: RayOptions) -> int:
     ray = require("ray", "ray")
     from ray import serve
 
+    # `docker stop` and Kubernetes send SIGTERM: leave as on Ctrl-C, so that Serve and a local Ray shut down.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ray.init(address=options.address, ignore_reinit_error=True)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     overrides = {name: value for name, value in asdict(settings).items() if value is not None}
@@ -304,8 +327,6 @@ def serve_on_ray(settings: ServerSettings, options: RayOptions) -> int:
     logger.warning("serving on Ray Serve at http://%s:%s; Ctrl-C stops", settings.host, settings.port)
     print(f"lychee-rerank on Ray Serve: http://{settings.host}:{settings.port} (Ctrl-C stops)", flush=True)
     try:
-        import time
-
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
