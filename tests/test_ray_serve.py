@@ -224,6 +224,9 @@ def test_deployment_options_one_gpu_per_replica_on_cuda_and_autoscaling() -> Non
     assert auto["ray_actor_options"]["num_gpus"] == 1
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}
     assert "num_replicas" not in auto
+    # By default a replica takes more requests than its own queue holds: its 429 (JSON, Retry-After) comes first.
+    assert on_gpu["max_ongoing_requests"] > ServerSettings().max_queue
+    assert deployment_options(RayOptions(), ServerSettings(max_queue=10))["max_ongoing_requests"] == 74
     with pytest.raises(ValueError, match="both --min-replicas and --max-replicas"):
         RayOptions(min_replicas=1)
 

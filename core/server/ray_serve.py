@@ -61,7 +61,9 @@ class RayOptions:
         max_replicas: Upper bound when autoscaling.
         target_ongoing_requests: Requests per replica the autoscaler aims at.
         max_ongoing_requests: Requests one replica holds at once (its scheduler merges them into batches);
-            more wait in Ray Serve's queue.
+            more wait in Ray Serve's queue. ``None``: the service's ``max_queue`` + 64, so that a busy
+            replica's own queue answers 429 first, with the service's JSON error body, and Ray's queue
+            only holds what arrives while no replica can take it (replicas starting or replaced).
         max_queued_requests: Requests Ray Serve queues in front of the replicas; more are answered 429
             (503 on a Ray without ``BackpressureConfig``). -1: no limit.
         retry_after_s: The ``Retry-After`` Ray Serve sends with that 429.
@@ -75,7 +77,7 @@ class RayOptions:
     min_replicas: int | None = None
     max_replicas: int | None = None
     target_ongoing_requests: float = 16.0
-    max_ongoing_requests: int = 64
+    max_ongoing_requests: int | None = None
     max_queued_requests: int = 256
     retry_after_s: float = 1.0
     gpus_per_replica: float | None = None
@@ -95,13 +97,18 @@ class RayOptions:
                 f"autoscaling needs 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1, "
                 f"got {self.min_replicas} and {self.max_replicas}"
             )
-        if self.max_ongoing_requests < 1 or self.target_ongoing_requests <= 0:
+        if (
+            self.max_ongoing_requests is not None and self.max_ongoing_requests < 1
+        ) or self.target_ongoing_requests <= 0:
             raise ValueError("--max-ongoing-requests must be at least 1 and --target-ongoing-requests positive")
         if self.max_queued_requests < -1 or self.max_queued_requests == 0:
             raise ValueError(
                 f"--max-queued-requests must be -1 (no limit) or at least 1, got {self.max_queued_requests}"
             )
 
+
+_IN_FLIGHT_MARGIN = 64
+"""Requests a replica holds beyond its queue: those its scheduler is scoring, or parsing before they queue."""
 
 _FLAG_HELP = {
     "address": "Ray cluster to join (auto, ray://head:10001; local: a new one here; default: $RAY_ADDRESS, "
@@ -110,7 +117,7 @@ _FLAG_HELP = {
     "min_replicas": "autoscale: fewest replicas (with --max-replicas)",
     "max_replicas": "autoscale: most replicas (with --min-replicas)",
     "target_ongoing_requests": "autoscale: requests per replica to aim at (default 16)",
-    "max_ongoing_requests": "requests one replica holds at once; more wait in Ray's queue (default 64)",
+    "max_ongoing_requests": "requests one replica holds at once; more wait in Ray's queue (default --max-queue + 64)",
     "max_queued_requests": "requests Ray Serve queues before answering 429; -1: no limit (default 256)",
     "retry_after_s": "Retry-After of Ray Serve's 429 (default 1)",
     "gpus_per_replica": "GPUs per replica (default: 1 when the model runs on CUDA, else 0)",
@@ -175,7 +182,7 @@ def deployment_options(
     result: dict[str, Any] = {
         "name": DEPLOYMENT_NAME,
         "ray_actor_options": {"num_cpus": options.cpus_per_replica, "num_gpus": gpus},
-        "max_ongoing_requests": options.max_ongoing_requests,
+        "max_ongoing_requests": options.max_ongoing_requests or settings.max_queue + _IN_FLIGHT_MARGIN,
         "max_queued_requests": options.max_queued_requests,
         # Loading a 7B model takes a while; Ray's default health-check timeout would kill a loading replica.
         "health_check_timeout_s": 120.0,
