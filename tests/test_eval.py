@@ -134,3 +134,22 @@ def test_eval_refuses_a_run_naming_unknown_documents(tiny_model_dir: Path, tmp_p
     write_trec_run(run_file, {"t0": {"no-such-doc": 1.0}}, tag="x")
     status = main(["eval", "sample", "--run", str(run_file), "--model", str(tiny_model_dir), "--device", "cpu"])
     assert status == 2
+
+
+def test_eval_through_a_running_service_equals_eval_in_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from lychee_rerank.core.server.background import running_service
+
+    common = ["eval", "sample", "--top-k", "4", "--no-progress"]
+    local_json, remote_json = tmp_path / "local.json", tmp_path / "remote.json"
+    local_args = ["--model", str(tiny_model_dir), "--device", "cpu", "--output", str(tmp_path / "local.trec")]
+    assert main([*common, *local_args, "--json", str(local_json)]) == 0
+    with running_service(tiny_model_dir) as service:
+        remote_args = ["--url", service.url, "--output", str(tmp_path / "remote.trec"), "--json", str(remote_json)]
+        assert main([*common, *remote_args]) == 0
+    local, remote = read_trec_run(tmp_path / "local.trec"), read_trec_run(tmp_path / "remote.trec")
+    assert local.keys() == remote.keys()
+    for query_id, scores in local.items():
+        assert remote[query_id] == pytest.approx(scores, abs=1e-5)
+    remote_metrics, local_metrics = json.loads(remote_json.read_text()), json.loads(local_json.read_text())
+    for side in ("first_stage", "reranked"):
+        assert remote_metrics[side] == pytest.approx(local_metrics[side])
