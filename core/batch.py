@@ -32,6 +32,17 @@ from lychee_rerank.core.interface import Reranker
 
 RowId = str | int
 
+DESCRIPTION = """\
+Reranks stored candidate lists. Each line of INPUT is {"id", "query", "documents", "instruction"?}, with the
+query and documents as the service takes them (strings, or {"text", "image"} objects); each line written to
+OUTPUT is {"id", "results": [{"index", "score"}, ...]}, best first, or {"id", "error"} for a row that could
+not be scored (the run goes on).
+
+Rows are appended one by one: run the same command again after a stop and the ids already in OUTPUT are
+skipped (a last line cut off mid-write is removed first). Score here (--model), on a running service
+(--url), or over a Ray cluster (--ray: Ray Data, one model per actor).
+"""
+
 
 @dataclass(frozen=True)
 class InputRow:
@@ -306,7 +317,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "batch",
         help="rerank stored candidate lists: JSON lines in, ranked JSON lines out (resumable)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("input", help="JSON lines: {id, query, documents, instruction?}")

@@ -202,7 +202,8 @@ def test_page_past_the_window_keeps_first_stage_hits_behind_it(cluster: FakeClus
     assert len(stub.calls[0][1]) == 3
 
 
-def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: TableReranker) -> None:
+def test_hits_past_the_window_are_sorted_with_the_window_as_query_rescorer_combine(stub: TableReranker) -> None:
+    """elastic/elasticsearch QueryRescorer.combine: past the window ``score *= queryWeight``, then all re-sorted."""
     corpus = [
         {"_id": "a", "_score": 1.0, "_source": {"title": "alpha"}},
         {"_id": "b", "_score": 1.0, "_source": {"title": "beta"}},
@@ -212,7 +213,46 @@ def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: TableRer
         sync_client(cluster), stub, text_fields=("title",), window_size=1, score_mode="multiply"
     )
     response = rescorer.search(index="docs", query=QUERY)
+    assert _ids_and_scores(response) == [("b", 1.0), ("a", 0.25)]
+
+
+def test_keep_window_on_top_keeps_hits_past_the_window_behind(stub: TableReranker) -> None:
+    corpus = [
+        {"_id": "a", "_score": 1.0, "_source": {"title": "alpha"}},
+        {"_id": "b", "_score": 1.0, "_source": {"title": "beta"}},
+    ]
+    cluster = FakeCluster(corpus)
+    rescorer = ElasticsearchRescorer(
+        sync_client(cluster),
+        stub,
+        text_fields=("title",),
+        window_size=1,
+        score_mode="multiply",
+        keep_window_on_top=True,
+    )
+    response = rescorer.search(index="docs", query=QUERY)
     assert _ids_and_scores(response) == [("a", 0.25), ("b", 1.0)]
+    per_search = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
+    block = {"window_size": 1, "lychee": {"score_mode": "multiply", "keep_window_on_top": True}}
+    assert _ids_and_scores(per_search.search(index="docs", query=QUERY, rescore=block)) == [("a", 0.25), ("b", 1.0)]
+
+
+def test_negative_query_weight_reorders_hits_past_the_window_as_elasticsearch_does() -> None:
+    """QueryRescorer.combine multiplies the hits past the window by a negative weight too, then sorts."""
+    corpus = [
+        {"_id": name, "_score": score, "_source": {"title": name}}
+        for name, score in (("a", 3.0), ("b", 2.0), ("c", 1.0))
+    ]
+    rescorer = ElasticsearchRescorer(
+        sync_client(FakeCluster(corpus)),
+        stub_reranker({"a": 0.5, "b": 0.5, "c": 0.5}),
+        text_fields=("title",),
+        window_size=1,
+        query_weight=-1.0,
+    )
+    response = rescorer.search(index="docs", query=QUERY)
+    # c: -1.0 and b: -2.0 past the window; a: -3.0 + 0.5 stays below both.
+    assert [hit["_id"] for hit in response["hits"]["hits"]] == ["c", "b", "a"]
 
 
 def test_page_beyond_all_hits_is_empty(cluster: FakeCluster, stub: TableReranker) -> None:

@@ -17,6 +17,15 @@ from typing import Any
 
 from lychee_rerank.core.errors import LycheeError
 
+DESCRIPTION = """\
+Measures reranking on your judgements: first stage against first stage + reranking. DATASET is a folder in
+the BEIR layout (corpus.jsonl, queries.jsonl, qrels/test.tsv; an "image" field may be a path relative to the
+folder, a URL or a data URI), or 'sample' for the small multimodal collection shipped with the package.
+The first stage is a TREC run file (--run) or BM25 computed here. Prints NDCG@10, MRR@10, Recall@10 and
+Recall@100 before and after reranking the top --top-k, then the queries reranking helped and hurt most;
+writes the reranked run (--output) and, with --json, the metrics.
+"""
+
 _LABELS = {"ndcg@10": "NDCG@10", "mrr@10": "MRR@10", "recall@10": "Recall@10", "recall@100": "Recall@100"}
 
 
@@ -25,7 +34,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="measure reranking on a BEIR-layout collection: NDCG@10, MRR@10, Recall@10/100",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dataset", help="a BEIR-layout folder, or 'sample' (shipped, multimodal, tiny)")

@@ -1,8 +1,8 @@
 """``lychee-rerank serve``: load the model, then run the service with uvicorn.
 
-Every setting is a flag and a ``LYCHEE_*`` environment variable (see
-:class:`~lychee_rerank.core.server.settings.ServerSettings`); a flag wins over the environment.
-Registration is cheap: FastAPI, uvicorn and the model are imported only when the command runs.
+Every setting is a flag and a ``LYCHEE_*`` environment variable (:class:`ServerSettings`); a flag wins over
+the environment. Registration is cheap: FastAPI, uvicorn and the model are imported only when the command
+runs, and a missing one is a one-line error naming the ``[server]`` extra.
 """
 
 from __future__ import annotations
@@ -12,8 +12,18 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from lychee_rerank.core.extras import require
 from lychee_rerank.core.server.ray_serve import add_ray_arguments, options_from_args, serve_on_ray
 from lychee_rerank.core.server.settings import ServerSettings, env_var
+
+DESCRIPTION = """\
+Loads the model and serves it over HTTP: the Cohere/Jina rerank API (/v1/rerank, /v2/rerank), the
+TEI rerank API (/rerank), the batch API (/rerank_batch, /score), /health, Prometheus /metrics, the
+OpenAPI docs (/docs) and, with the [ui] extra, a web UI (/ui).
+
+Every setting below is a flag and an environment variable; a flag wins over the variable. Prefer
+LYCHEE_API_KEY to --api-key, which other users can see in the process list.
+"""
 
 _HELP = {
     "model": "hub id, checkpoint folder, or 'tiny'",
@@ -51,7 +61,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the HTTP service (Cohere/Jina, TEI and batch APIs, metrics, UI)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ServerSettings()
@@ -69,6 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def serve(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted."""
+    for module in ("fastapi", "uvicorn", "torch", "transformers"):
+        require(module, "server")  # one line naming the extra, not a traceback from deep inside
     import uvicorn
 
     from lychee_rerank.core.local import LocalReranker
