@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import Any
 
 from lychee_rerank.core.extras import require
+from lychee_rerank.core.server.ray_serve import add_ray_arguments, options_from_args, serve_on_ray
 from lychee_rerank.core.server.settings import ServerSettings, env_var
 
 DESCRIPTION = """\
@@ -77,6 +78,8 @@ def register(subparsers: Any) -> None:
     defaults = ServerSettings()
     for field in fields(ServerSettings):
         _add_setting(parser, field.name, str(field.type), getattr(defaults, field.name))
+    # Ray Serve: `serve --ray --replicas N` (core/server/ray_serve.py).
+    add_ray_arguments(parser)
     parser.set_defaults(handler=serve)
 
 
@@ -99,6 +102,9 @@ def serve(args: argparse.Namespace) -> int:
     # -- the request path: the event loop must win the GIL back quickly from threads that parse,
     # tokenise and decode; the default 5 ms hand-over, paid on every system call, made /health wait.
     sys.setswitchinterval(_SWITCH_INTERVAL_S)
+    # Ray Serve: the same app from N replicas; each replica loads its own model.
+    if getattr(args, "ray", False):
+        return serve_on_ray(settings, options_from_args(args))
     if settings.torch_threads is not None:
         import torch
 
