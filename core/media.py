@@ -28,15 +28,17 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote
 
-import httpx
 from PIL import Image, ImageOps
 
 from lychee_rerank.core.errors import ImageError, ImageErrorReason
 from lychee_rerank.core.inputs import ImageInput
 from lychee_rerank.core.sources import MAX_PATH_CHARS, looks_like_path, redact_url, source_kind
+
+if TYPE_CHECKING:
+    import httpx
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -242,6 +244,8 @@ def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[
 
 def _get(client: httpx.Client, url: httpx.URL, policy: MediaPolicy, deadline: float) -> bytes | httpx.URL:
     """One hop: the body, or where a redirect points."""
+    import httpx
+
     shown = _redact(str(url))
     addresses = _checked_addresses(url, policy, shown)
     for attempt, address in enumerate(addresses, start=1):
@@ -287,6 +291,9 @@ def _get(client: httpx.Client, url: httpx.URL, policy: MediaPolicy, deadline: fl
 
 
 def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
+    # Imported here: the local engine runs on machines that never fetch URLs and may lack httpx.
+    import httpx
+
     shown = _redact(url)
     deadline = time.monotonic() + policy.fetch_timeout_s
     try:
