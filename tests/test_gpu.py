@@ -7,13 +7,16 @@ suite stays green on CPU machines. Run them on a GPU machine with ``python -m py
 The model is the ``medium`` random Qwen2.5-VL (about 39M parameters: head_dim 64, grouped-query
 attention, several vision windows per image), written to a temporary folder once per session.
 
-Tolerances. float32: 1e-4, as on the CPU. bf16: the engine and the reference in bf16 run the same
-weights through differently shaped kernels (batched rows, padding between prefix and document, a
-cached prefix), so their roundings differ; each bf16 value carries a relative error of up to 2^-9, and
-eight layers of it move a score by about 1e-2 at most. On the CPU (bf16, this model, these inputs) the
-largest difference measured was BF16_MEASURED_ON_CPU; BF16_TOLERANCE leaves room for GPU kernels to
-round differently while still failing on a real bug (a wrong position, mask or image is off by 0.1 or
-more on this model). Each test records the deviation it measured.
+Tolerances. float32: 1e-4, as on the CPU; this is the check of the engine's logic on CUDA kernels.
+bf16: the engine and the reference run the same bf16 weights through differently shaped kernels
+(batched rows, padding between prefix and documents, a cached prefix, FlashAttention's varlen path), and
+every op rounds its output to 8 bits of mantissa, so their scores differ by rounding. Measured on the
+CPU in bf16 (2026-12-01, this model, these inputs): engine against reference 1.6e-3, prefix cache
+against whole rows 1.1e-3 (float32: 1.8e-7). BF16_TOLERANCE is about 6× that, for GPU kernels that
+accumulate in another order, and a quarter of the spread of this model's scores across documents
+(standard deviation 0.04): a half-precision bug that lets padding or the wrong image into attention
+moves scores by that spread. Each test records the deviation it measured (``record_property``), so the
+first GPU run tells the real figure.
 """
 
 from __future__ import annotations
@@ -45,8 +48,8 @@ pytestmark = [
 needs_cuda_memory = pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="measures CUDA memory")
 
 FLOAT32_TOLERANCE = 1e-4
-BF16_MEASURED_ON_CPU = 4e-3  # max |engine − reference| over the four query kinds below, bf16 on the CPU
-BF16_TOLERANCE = 2e-2
+BF16_MEASURED_ON_CPU = 1.6e-3  # max |engine − reference| over the four query kinds below, bf16 on the CPU
+BF16_TOLERANCE = 1e-2
 CHINESE = "适合小个子女生的显高西装套装，米白色，春夏穿"
 HAS_FLASH_ATTENTION = importlib.util.find_spec("flash_attn") is not None
 
@@ -174,6 +177,9 @@ def test_engine_matches_the_reference_on_cuda(
     record_property("dtype", str(dtype).removeprefix("torch."))
     record_property("attention", attention)
     record_property("max_abs_deviation", worst)
+    record_property("tolerance", tolerance(dtype))
+    if dtype != torch.float32:
+        record_property("measured_on_cpu", BF16_MEASURED_ON_CPU)
     print(f"engine vs reference, {dtype}, {attention}: max |Δ| = {worst:.2e}")
     assert worst <= tolerance(dtype)
     assert reranker.engine.stats.prefix_tokens_reused > 0
