@@ -35,13 +35,17 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
 
-import httpx
 from PIL import Image, ImageOps
 
 from lychee_rerank.core.caches import ByteBudgetLRU
 from lychee_rerank.core.errors import ImageError, ImageErrorReason
 from lychee_rerank.core.inputs import ImageInput
 from lychee_rerank.core.sources import MAX_PATH_CHARS, looks_like_path, redact_url, source_kind
+
+try:
+    import httpx
+except ImportError:  # the local engine also runs where only local images are read and httpx is absent
+    httpx = None  # type: ignore[assignment]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -328,6 +332,8 @@ def _no_address(shown: str) -> ImageError:
 
 def _get(client: httpx.Client, url: httpx.URL, policy: MediaPolicy, deadline: float) -> bytes | httpx.URL:
     """One hop: the body, or where a redirect points."""
+    import httpx
+
     shown = _redact(str(url))
     addresses = _checked_addresses(url, policy, shown)
     for attempt, address in enumerate(addresses, start=1):
@@ -415,8 +421,18 @@ def _client_options(policy: MediaPolicy) -> dict[str, Any]:
     return {"follow_redirects": False, "trust_env": False, "headers": {"User-Agent": policy.user_agent}}
 
 
+def _require_httpx(shown: str) -> None:
+    if httpx is None:
+        raise _error(
+            "fetch_failed",
+            f"Fetching {shown} needs the httpx package, which is not installed here: pip install httpx "
+            "(or send the image as bytes, base64 or a data URI).",
+        )
+
+
 def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
     shown = _redact(url)
+    _require_httpx(shown)
     deadline = time.monotonic() + policy.fetch_timeout_s
     current = _start_url(url)
     with _fetch_errors(shown, policy), httpx.Client(**_client_options(policy)) as client:
@@ -453,6 +469,7 @@ async def afetch_image_url(url: str, policy: MediaPolicy, client: httpx.AsyncCli
     Raises:
         ImageError: With ``reason`` forbidden, fetch_failed, too_many_bytes or invalid_source.
     """
+    _require_httpx(_redact(url))
     shown = _redact(url)
     if not policy.allow_urls:
         raise _urls_disabled(url)

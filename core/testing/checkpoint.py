@@ -100,7 +100,7 @@ class ModelShape:
     """The sizes of a random Qwen2.5-VL model.
 
     Attributes:
-        name: ``tiny``, ``small`` or ``7b``.
+        name: ``tiny``, ``medium``, ``small`` or ``7b``.
         vocab_target: How many BPE tokens the generated tokenizer learns (before special tokens).
     """
 
@@ -135,6 +135,23 @@ SHAPES: dict[str, ModelShape] = {
         vision_num_heads=2,
         fullatt_block_indexes=(1,),
         vocab_target=600,
+    ),
+    # About 35M parameters: the GPU tests' model, big enough for real kernels (head_dim 64, several
+    # attention windows per image, GQA), small enough to write to a temporary folder in seconds.
+    "medium": ModelShape(
+        name="medium",
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        mrope_section=(8, 12, 12),
+        vision_depth=6,
+        vision_hidden_size=384,
+        vision_intermediate_size=1024,
+        vision_num_heads=6,
+        fullatt_block_indexes=(2, 5),
+        vocab_target=4000,
     ),
     # About 160M parameters: big enough that matmuls dominate on a CPU, small enough for CI machines.
     "small": ModelShape(
@@ -456,7 +473,8 @@ def write_tiny_checkpoint(
 
     Args:
         folder: Where to write; created if missing.
-        shape: A key of :data:`SHAPES` other than ``7b`` (which is too large to write for nothing).
+        shape: A key of :data:`SHAPES` other than ``7b`` (which is too large to write for nothing):
+            ``tiny``, ``medium`` or ``small``.
         seed: Seeds the weights; the same seed writes the same weights.
         overwrite: Rewrite a folder that already holds a checkpoint.
         architecture: ``qwen2_5_vl`` (Lychee, the default), ``qwen3_vl`` or ``qwen2_vl``.
@@ -465,7 +483,7 @@ def write_tiny_checkpoint(
         The folder, ready for ``LocalReranker(model=str(folder))``.
     """
     if shape not in SHAPES or shape == "7b":
-        raise ValueError(f"unknown or unwritable shape {shape!r}; choose 'tiny' or 'small'")
+        raise ValueError(f"unknown or unwritable shape {shape!r}; choose 'tiny', 'medium' or 'small'")
     if architecture not in ARCHITECTURE_NAMES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURE_NAMES}")
     path = Path(folder)
