@@ -655,3 +655,29 @@ def test_environment_proxy_is_not_used(server: Server, monkeypatch: pytest.Monke
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     assert load_image(f"{server.base}/a.png", PRIVATE_OK).image.size == (3, 2)
     assert os.environ["HTTP_PROXY"]
+
+
+def test_local_images_load_without_httpx_and_a_url_says_what_is_missing() -> None:
+    """A bare GPU box may have transformers without httpx: local images work, a URL is a clear ImageError."""
+    import subprocess
+    import sys
+
+    probe = """
+import io, sys
+sys.modules["httpx"] = None
+from PIL import Image
+from lychee_rerank.core.errors import ImageError
+from lychee_rerank.core.media import MediaPolicy, load_image
+buffer = io.BytesIO(); Image.new("RGB", (3, 2), (9, 9, 9)).save(buffer, "PNG")
+assert load_image(buffer.getvalue()).image.size == (3, 2)
+try:
+    load_image("https://example.com/a.png", MediaPolicy())
+except ImageError as error:
+    assert error.reason == "fetch_failed" and "httpx" in str(error), error
+else:
+    raise AssertionError("a URL was fetched without httpx")
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
