@@ -66,11 +66,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def serve(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted."""
-    import uvicorn
-
     from lychee_rerank.core.local import LocalReranker
     from lychee_rerank.core.profiles import TINY_MODEL_NAME
     from lychee_rerank.core.server.app import create_app
+    from lychee_rerank.core.server.connections import GuardedServer
 
     settings = settings_from_args(args)
     if settings.torch_threads is not None:
@@ -88,5 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         media_policy=settings.media_policy(),
     )
     app = create_app(reranker, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    server = GuardedServer(
+        app, settings.connection_limits(), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    server.run()
     return 0

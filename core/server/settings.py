@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lychee_rerank.core.media import MediaPolicy
+
+if TYPE_CHECKING:
+    from lychee_rerank.core.server.connections import ConnectionLimits
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -27,6 +30,13 @@ class ServerSettings:
         served_model_name: The name reported in responses; default: the model's name.
         host: Address to listen on.
         port: Port to listen on.
+        header_timeout_s: Time a client has to send a request's line and headers, from connecting (or from
+            the previous answer); then it is answered 408 and closed.
+        body_timeout_s: Time a client has to send a request's whole body once the headers are in; then 408.
+        keep_alive_timeout_s: An idle keep-alive connection is closed after this many seconds.
+        max_connections: Open connections at most (lowered to fit the open-file limit); at the cap the
+            connection stalled longest is closed to make room, or the new one is answered 503.
+        protect_docs: With an API key, ``/metrics``, ``/docs`` and ``/openapi.json`` need it too.
         device: ``cuda``, ``cpu``...; default: CUDA when available.
         dtype: ``bfloat16``, ``float32``...; default per device.
         profile: The model profile (``lychee``...).
@@ -57,6 +67,13 @@ class ServerSettings:
     served_model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # -- connections and access (slow clients, which routes need the key)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 1000
+    protect_docs: bool = False
+    # --
     device: str | None = None
     dtype: str | None = None
     profile: str = "lychee"
@@ -88,6 +105,22 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.fetch_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and the timeouts positive")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The per-connection deadlines and the connection cap of these settings."""
+        from lychee_rerank.core.server.connections import ConnectionLimits  # uvicorn only when serving
+
+        return ConnectionLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_timeout_s=self.keep_alive_timeout_s,
+            max_connections=self.max_connections,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
