@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 from urllib.parse import unquote
@@ -49,6 +49,26 @@ _ACCEPTED = (
 
 
 @dataclass(frozen=True)
+class SettingNames:
+    """How refusal messages name the setting that would allow what a policy refused.
+
+    The defaults name :class:`MediaPolicy`'s fields, for library users; a program that builds the policy
+    from its own settings (the HTTP service: flags and environment variables) passes its own names.
+
+    Example:
+        >>> SettingNames().allow_private_urls
+        'MediaPolicy(allow_private_urls=True)'
+    """
+
+    max_image_bytes: str = "MediaPolicy.max_image_bytes"
+    max_image_pixels: str = "MediaPolicy.max_image_pixels"
+    allow_urls: str = "MediaPolicy(allow_urls=True)"
+    allow_private_urls: str = "MediaPolicy(allow_private_urls=True)"
+    local_roots: str = "MediaPolicy(local_roots=(...))"
+    fetch_timeout_s: str = "MediaPolicy.fetch_timeout_s"
+
+
+@dataclass(frozen=True)
 class MediaPolicy:
     """Where images may come from and how large they may be.
 
@@ -66,6 +86,7 @@ class MediaPolicy:
         fetch_timeout_s: Time allowed for a whole download, redirects included.
         max_redirects: Redirects followed before giving up.
         user_agent: Sent with every request.
+        setting_names: How refusal messages name the settings above (not compared).
     """
 
     max_image_bytes: int = 20 * 1024 * 1024
@@ -76,6 +97,7 @@ class MediaPolicy:
     fetch_timeout_s: float = 10.0
     max_redirects: int = 3
     user_agent: str = "lychee-rerank"
+    setting_names: SettingNames = field(default=SettingNames(), compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_image_bytes", "max_image_pixels", "fetch_timeout_s"):
@@ -128,7 +150,7 @@ def _check_bytes(size: int, policy: MediaPolicy, what: str) -> None:
         raise _error(
             "too_many_bytes",
             f"{what} is larger than the limit of {policy.max_image_bytes} bytes; send a smaller image "
-            "or raise MediaPolicy.max_image_bytes.",
+            f"or raise {policy.setting_names.max_image_bytes}.",
         )
 
 
@@ -138,7 +160,7 @@ def _check_pixels(size: tuple[int, int], policy: MediaPolicy) -> None:
         raise _error(
             "too_many_pixels",
             f"The image is {width}x{height} = {width * height} pixels, more than the limit of "
-            f"{policy.max_image_pixels}; send a smaller image or raise MediaPolicy.max_image_pixels.",
+            f"{policy.max_image_pixels}; send a smaller image or raise {policy.setting_names.max_image_pixels}.",
         )
 
 
@@ -147,8 +169,8 @@ def _read_local(path: Path, policy: MediaPolicy) -> bytes:
         if not policy.local_roots:
             raise _error(
                 "forbidden",
-                "Reading local files is disabled by this media policy (local_roots=()); send the image as "
-                "bytes, base64, a data URI or a URL, or allow a folder with MediaPolicy(local_roots=(...)).",
+                "Reading local files is disabled by this media policy (no folder is allowed); send the image as "
+                f"bytes, base64, a data URI or a URL, or allow a folder with {policy.setting_names.local_roots}.",
             )
         try:
             resolved = path.resolve()
@@ -159,7 +181,7 @@ def _read_local(path: Path, policy: MediaPolicy) -> bytes:
                 "forbidden",
                 f"The path {str(path)!r} is outside the folders this media policy allows "
                 f"({', '.join(policy.local_roots)}); move the image under one of them or add its folder "
-                "to MediaPolicy.local_roots.",
+                f"to {policy.setting_names.local_roots}.",
             )
         path = resolved  # read what was checked, not whatever the link points to later
     try:
@@ -235,7 +257,7 @@ def _checked_addresses(url: httpx.URL, policy: MediaPolicy, shown: str) -> list[
             raise _error(
                 "forbidden",
                 f"The URL {shown} resolves to {address}, a {kind} address; image URLs must point to public "
-                "hosts. Set MediaPolicy(allow_private_urls=True) to fetch from private networks.",
+                f"hosts. Set {policy.setting_names.allow_private_urls} to fetch from private networks.",
             )
     return addresses
 
@@ -311,7 +333,7 @@ def _fetch_url(url: str, policy: MediaPolicy) -> bytes:
         raise _error(
             "fetch_failed",
             f"Fetching {shown} took longer than the {policy.fetch_timeout_s} s "
-            "allowed; use a faster host or raise MediaPolicy.fetch_timeout_s.",
+            f"allowed; use a faster host or raise {policy.setting_names.fetch_timeout_s}.",
         ) from error
     except ImageError:
         raise
@@ -343,7 +365,7 @@ def _read_str(source: str, policy: MediaPolicy) -> bytes:
             raise _error(
                 "forbidden",
                 f"Fetching image URLs is disabled by this media policy ({_redact(text)}); "
-                "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
+                f"send the image as bytes, base64 or a data URI, or set {policy.setting_names.allow_urls}.",
             )
         return _fetch_url(text, policy)
     if kind == "data_uri":

@@ -197,19 +197,35 @@ class ScoringEngine:
 
     # -- public -----------------------------------------------------------------------------------
 
-    def score(self, query: Query, documents: Sequence[Document], instruction: str | None = None) -> list[float]:
-        """Probabilities that each document satisfies the query, in input order."""
+    def score(
+        self,
+        query: Query,
+        documents: Sequence[Document],
+        instruction: str | None = None,
+        *,
+        media_policy: MediaPolicy | None = None,
+    ) -> list[float]:
+        """Probabilities that each document satisfies the query, in input order.
+
+        ``media_policy`` replaces the engine's own for this call (a service reads images under its
+        settings, whatever the reranker it was given allows).
+        """
         if not documents:
             return []
         with self._lock:
-            images, query_key, document_keys = self._prepare_images(query, documents)
+            images, query_key, document_keys = self._prepare_images(query, documents, media_policy)
             pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
             prefix = self._run_prefix(pairs, images) if self.reuse_prefix and len(pairs) > 1 else None
             if prefix:
                 self.stats.prefix_tokens_reused += prefix.length * (len(pairs) - 1)
             return self._score_pairs(pairs, images, prefix)
 
-    def score_groups(self, groups: Sequence[tuple[Query, Sequence[Document], str | None]]) -> list[list[float]]:
+    def score_groups(
+        self,
+        groups: Sequence[tuple[Query, Sequence[Document], str | None]],
+        *,
+        media_policy: MediaPolicy | None = None,
+    ) -> list[list[float]]:
         """Scores several (query, documents, instruction) requests in shared batches.
 
         This is how a server merges small concurrent requests with *different* queries into the same
@@ -220,7 +236,7 @@ class ScoringEngine:
             InvalidInputError: Some group cannot be scored; the message names ``request k: document i``.
         """
         if len(groups) == 1:
-            return [self.score(*groups[0])]
+            return [self.score(*groups[0], media_policy=media_policy)]
         with self._lock:
             pairs: list[_Pair] = []
             images: dict[str, _PreparedImage] = {}
@@ -230,7 +246,7 @@ class ScoringEngine:
                     bounds.append(len(pairs))
                     continue
                 try:
-                    prepared, query_key, document_keys = self._prepare_images(query, documents)
+                    prepared, query_key, document_keys = self._prepare_images(query, documents, media_policy)
                     images.update(prepared)
                     encoded = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
                 except ImageError as error:
@@ -268,14 +284,14 @@ class ScoringEngine:
 
     # -- preparing inputs -------------------------------------------------------------------------
 
-    def _load(self, source: Any, where: str) -> LoadedImage:
+    def _load(self, source: Any, where: str, policy: MediaPolicy | None) -> LoadedImage:
         try:
-            return self._images.get_or_load(source, self.media_policy)
+            return self._images.get_or_load(source, policy or self.media_policy)
         except ImageError as error:
             raise error.located(where) from error.__cause__
 
     def _prepare_images(
-        self, query: Query, documents: Sequence[Document]
+        self, query: Query, documents: Sequence[Document], policy: MediaPolicy | None = None
     ) -> tuple[dict[str, _PreparedImage], str | None, list[str | None]]:
         """Decodes and preprocesses every distinct image of the request once.
 
@@ -285,7 +301,7 @@ class ScoringEngine:
         prepared: dict[str, _PreparedImage] = {}
 
         def prepare(source: Any, where: str) -> str:
-            loaded = self._load(source, where)
+            loaded = self._load(source, where, policy)
             if loaded.digest not in prepared:
                 try:
                     features = self.loaded.processor.image_processor(images=[loaded.image], return_tensors="pt")

@@ -10,14 +10,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from lychee_rerank.core.profiles import INSTRUCTION_RULE
+
 _STRICT = ConfigDict(extra="forbid")
 TopN = Annotated[StrictInt, Field(ge=0, description="keep only the best N (0 keeps none)")]
 MinScore = Annotated[
     StrictFloat | StrictInt, Field(allow_inf_nan=False, description="drop documents scoring under this")
 ]
-Instruction = Annotated[
-    StrictStr, Field(max_length=4096, description="task instruction, or a preset name (ecommerce, academic...)")
-]
+Instruction = Annotated[StrictStr, Field(max_length=4096, description=INSTRUCTION_RULE)]
+# The schema says "at least one non-blank character / one document"; the service itself answers a blank
+# query or an empty list with 400 and a message saying what to send (TEI's mapping), not a pydantic 422.
+QueryText = Annotated[StrictStr, Field(min_length=1, json_schema_extra={"pattern": r"\S"})]
 
 
 # -- shared content ------------------------------------------------------------------------------
@@ -54,7 +57,8 @@ class Content(BaseModel):
 
 
 DocumentIn = StrictStr | Content
-QueryIn = StrictStr | Content
+QueryIn = QueryText | Content
+Documents = Annotated[list[DocumentIn], Field(json_schema_extra={"minItems": 1})]
 
 
 # -- Cohere v2 / Jina ----------------------------------------------------------------------------
@@ -66,7 +70,7 @@ class RerankRequest(BaseModel):
     model_config = _STRICT
     model: StrictStr | None = None
     query: QueryIn
-    documents: list[DocumentIn]
+    documents: Documents
     top_n: TopN | None = None
     return_documents: StrictBool = False
     instruction: Instruction | None = None
@@ -118,8 +122,8 @@ class TEIRerankRequest(BaseModel):
     """TEI ``/rerank``: ``texts`` instead of ``documents``."""
 
     model_config = _STRICT
-    query: StrictStr
-    texts: list[StrictStr]
+    query: QueryText
+    texts: Annotated[list[StrictStr], Field(json_schema_extra={"minItems": 1})]
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool = False
@@ -146,7 +150,7 @@ class BatchRequest(BaseModel):
     model_config = _STRICT
     instruction: Instruction | None = None
     query: QueryIn
-    documents: list[DocumentIn]
+    documents: Documents
     top_n: TopN | None = None
     min_score: MinScore | None = None
 
@@ -205,8 +209,11 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    """``/health``."""
+    """``/health``: whether the service answers, and what serves (model, device, dtype)."""
 
     status: Literal["ok", "loading", "unavailable"]
     model: str
+    device: str = Field(description="where the model runs: cpu, cuda, cuda:1...")
+    dtype: str = Field(description="the model's weights' type: float32, bfloat16...")
+    untrained: bool = Field(description="true for the random test model (`--model tiny`): its scores mean nothing")
     queue_depth: int

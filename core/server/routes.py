@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Annotated, Any
 
@@ -12,7 +11,6 @@ from pydantic import ValidationError
 
 from lychee_rerank.core import wire
 from lychee_rerank.core.interface import rank
-from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.protocol import (
     BatchRequest,
     BatchResponse,
@@ -59,23 +57,9 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-def require_api_key(request: Request) -> None:
-    """Checks ``Authorization: Bearer <key>`` in constant time when the service has a key."""
-    expected = _state(request).settings.api_key
-    if not expected:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
-        raise ServiceError(
-            401,
-            "unauthorized",
-            "a valid API key is required: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": 'Bearer realm="lychee-rerank"'},
-        )
-
-
 State = Annotated[ServiceState, Depends(_state)]
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
+# The API key is checked before the body is read, by access.ApiKeyMiddleware (not a dependency).
+router = APIRouter(responses=_ERRORS)
 
 
 def _token_count(query_text: str | None, texts: list[str | None]) -> int:

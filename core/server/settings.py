@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from lychee_rerank.core.media import MediaPolicy
+from lychee_rerank.core.media import MediaPolicy, SettingNames
 
 if TYPE_CHECKING:
     from lychee_rerank.core.server.connections import ConnectionLimits
@@ -140,9 +140,14 @@ class ServerSettings:
         return replace(cls(), **values)
 
     def media_policy(self) -> MediaPolicy:
-        """The service's media policy: :meth:`MediaPolicy.for_service` widened only by these settings."""
+        """The service's media policy: :meth:`MediaPolicy.for_service` widened only by these settings.
+
+        Its refusals name the service's flags and variables (``--allow-private-urls`` /
+        ``LYCHEE_ALLOW_PRIVATE_URLS``), which is what a service user can change.
+        """
         return replace(
             MediaPolicy.for_service(),
+            setting_names=SettingNames(**{item.name: setting_name(item.name) for item in fields(SettingNames)}),
             max_image_bytes=self.max_image_bytes,
             max_image_pixels=self.max_image_pixels,
             allow_urls=self.allow_urls,
@@ -155,6 +160,16 @@ class ServerSettings:
 def env_var(name: str) -> str:
     """The environment variable of a settings field."""
     return "LYCHEE_" + name.upper()
+
+
+def setting_name(name: str) -> str:
+    """How a message names a settings field to a service user: its flag and its variable.
+
+    Example:
+        >>> setting_name("local_roots")
+        '--local-roots / LYCHEE_LOCAL_ROOTS'
+    """
+    return f"--{name.replace('_', '-')} / {env_var(name)}"
 
 
 def parse_value(name: str, annotation: Any, raw: str) -> Any:

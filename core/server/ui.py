@@ -36,6 +36,7 @@ PRESET_CHOICES = [DEFAULT_PRESET, *INSTRUCTION_PRESETS]
 """The instruction dropdown: the profile's default, then every named preset."""
 
 RESULT_HEADERS = ["rank", "score", "index", "text", "image"]
+_BANNER_CSS = ".untrained-warning { background: #fff3cd; border: 2px solid #d39e00; padding: 0.5em 1em; }"
 
 
 def instruction_for(preset: str | None, custom: str | None) -> str | None:
@@ -123,11 +124,19 @@ def result_rows(results: list[RerankResult], first_upload: int) -> list[list[Any
     ]
 
 
-def build_ui(reranker: Reranker) -> gradio.Blocks:
+UNTRAINED_WARNING = (
+    "**Warning: this is the untrained test model (`tiny`).** Its weights are random: the scores below "
+    "mean nothing. Start the service with a real model (`--model vec-ai/lychee-rerank-mm`) to rank."
+)
+
+
+def build_ui(reranker: Reranker, *, serving: str | None = None, untrained: bool = False) -> gradio.Blocks:
     """The Gradio app: a single-pair tab and a batch tab, both scoring with ``reranker``.
 
     Args:
         reranker: Any :class:`Reranker`; the service passes its scheduler-backed one.
+        serving: What serves, shown under the title (``model X on cuda (bfloat16)``).
+        untrained: Show a warning banner: the model is the random test model, its scores mean nothing.
 
     Raises:
         ImportError: gradio is missing; the message names the ``ui`` extra.
@@ -218,9 +227,13 @@ def build_ui(reranker: Reranker) -> gradio.Blocks:
         return text, upload, url
 
     # Analytics off: the UI must render and work on machines without internet access.
-    blocks: gradio.Blocks = gr.Blocks(title="Lychee Rerank", analytics_enabled=False)
+    blocks: gradio.Blocks = gr.Blocks(title="Lychee Rerank", analytics_enabled=False, css=_BANNER_CSS)
     with blocks:
         gr.Markdown("# Lychee Rerank\nScore how well documents (text, images, or both) satisfy a query.")
+        if serving:
+            gr.Markdown(f"Serving: {serving}", elem_id="serving")
+        if untrained:
+            gr.Markdown(UNTRAINED_WARNING, elem_id="untrained-warning", elem_classes=["untrained-warning"])
         with gr.Tab("Single pair", elem_id="tab-pair"):
             with gr.Row():
                 with gr.Column():
@@ -289,7 +302,15 @@ def build_ui(reranker: Reranker) -> gradio.Blocks:
     return blocks
 
 
-def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api_key: str | None = None) -> None:
+def mount_ui(
+    app: fastapi.FastAPI,
+    reranker: Reranker,
+    *,
+    path: str = "/ui",
+    api_key: str | None = None,
+    serving: str | None = None,
+    untrained: bool = False,
+) -> None:
     """Serves :func:`build_ui` on ``app`` at ``path``.
 
     Args:
@@ -298,7 +319,10 @@ def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api
         path: Where the UI is served.
         api_key: The service's API key, if it has one. A browser cannot send a Bearer header, so the UI
             then shows a login form whose password is the API key (any user name); without this the UI
-            would be a way around the key.
+            would be a way around the key. The service throttles wrong keys per client (see
+            :mod:`lychee_rerank.core.server.access`).
+        serving: What serves, shown under the title.
+        untrained: Show the warning banner of the random test model.
 
     Raises:
         ImportError: gradio is missing; the message names the ``ui`` extra.
@@ -313,7 +337,7 @@ def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api
     # REST API is the programmatic interface, so Gradio's own "Use via API" footer link is left out.
     gr.mount_gradio_app(
         app,
-        build_ui(reranker),
+        build_ui(reranker, serving=serving, untrained=untrained),
         path=path,
         ssr_mode=False,
         mcp_server=False,
