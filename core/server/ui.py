@@ -36,7 +36,6 @@ PRESET_CHOICES = [DEFAULT_PRESET, *INSTRUCTION_PRESETS]
 """The instruction dropdown: the profile's default, then every named preset."""
 
 RESULT_HEADERS = ["rank", "score", "index", "text", "image"]
-_BANNER_CSS = ".untrained-warning { background: #fff3cd; border: 2px solid #d39e00; padding: 0.5em 1em; }"
 
 
 def instruction_for(preset: str | None, custom: str | None) -> str | None:
@@ -125,9 +124,10 @@ def result_rows(results: list[RerankResult], first_upload: int) -> list[list[Any
 
 
 UNTRAINED_WARNING = (
-    "**Warning: this is the untrained test model (`tiny`).** Its weights are random: the scores below "
-    "mean nothing. Start the service with a real model (`--model vec-ai/lychee-rerank-mm`) to rank."
+    "Warning: this is the untrained test model (tiny). Its weights are random: the scores below mean "
+    "nothing. Start the service with a real model (--model vec-ai/lychee-rerank-mm) to rank."
 )
+_BANNER_STYLE = "background:#fff3cd;color:#5c4400;border:2px solid #d39e00;border-radius:6px;padding:0.6em 1em"
 
 
 def build_ui(reranker: Reranker, *, serving: str | None = None, untrained: bool = False) -> gradio.Blocks:
@@ -227,13 +227,16 @@ def build_ui(reranker: Reranker, *, serving: str | None = None, untrained: bool 
         return text, upload, url
 
     # Analytics off: the UI must render and work on machines without internet access.
-    blocks: gradio.Blocks = gr.Blocks(title="Lychee Rerank", analytics_enabled=False, css=_BANNER_CSS)
+    blocks: gradio.Blocks = gr.Blocks(title="Lychee Rerank", analytics_enabled=False)
     with blocks:
         gr.Markdown("# Lychee Rerank\nScore how well documents (text, images, or both) satisfy a query.")
         if serving:
             gr.Markdown(f"Serving: {serving}", elem_id="serving")
         if untrained:
-            gr.Markdown(UNTRAINED_WARNING, elem_id="untrained-warning", elem_classes=["untrained-warning"])
+            gr.HTML(
+                f'<div role="alert" style="{_BANNER_STYLE}"><b>{UNTRAINED_WARNING}</b></div>',
+                elem_id="untrained-warning",
+            )
         with gr.Tab("Single pair", elem_id="tab-pair"):
             with gr.Row():
                 with gr.Column():
