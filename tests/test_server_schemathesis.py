@@ -73,7 +73,7 @@ def test_schema_valid_requests_are_accepted(published_schema: Any) -> None:
             try:
                 case.validate_response(response, checks=[positive_data_acceptance, not_a_server_error])
             except Exception:  # a schemathesis failure (one, or a group of several)
-                rejected.append(f"{operation.label}: {response.status_code} {response.text[:300]} <- {case.body!r}")
+                rejected.append(f"{case.operation.label}: {response.status_code} {response.text[:300]} <- {case.body}")
 
         call()
     assert rejected == [], "\n".join(rejected[:10])
