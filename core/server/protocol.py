@@ -44,7 +44,8 @@ _IMAGE = {
 }
 # The schema says "at least one non-blank character / one document"; the service itself answers a blank
 # query or an empty list with 400 and a message saying what to send (TEI's mapping), not a pydantic 422.
-QueryText = Annotated[StrictStr, Field(min_length=1, json_schema_extra={"pattern": r"\S"})]
+# "Non-blank" as Python's str.strip sees it, which also strips the \x1c-\x1f separators and \x85.
+QueryText = Annotated[StrictStr, Field(min_length=1, json_schema_extra={"pattern": r"[^\s\u001c-\u001f\u0085]"})]
 
 
 # -- shared content ------------------------------------------------------------------------------
