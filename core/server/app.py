@@ -184,7 +184,7 @@ def _description(settings: ServerSettings) -> str:
 
 
 def _customise_openapi(app: FastAPI, settings: ServerSettings) -> None:
-    """Completes the generated schema: ``/rerank``'s two body shapes, and the bearer scheme with a key.
+    """Completes the generated schema: ``/rerank``'s two body shapes, the document limit, the bearer scheme.
 
     ``/rerank`` reads its body as a mapping and picks the model by its keys (so that errors name the
     fields of the shape the caller meant); the schema declares the two shapes it accepts. With a key,
@@ -201,7 +201,15 @@ def _customise_openapi(app: FastAPI, settings: ServerSettings) -> None:
             [(RerankRequest, "validation"), (TEIRerankRequest, "validation")],
             ref_template="#/components/schemas/{model}",
         )
-        components.setdefault("schemas", {}).update(shapes.get("$defs", {}))
+        models = components.setdefault("schemas", {})
+        models.update(shapes.get("$defs", {}))
+        for model, field in (
+            ("RerankRequest", "documents"),
+            ("TEIRerankRequest", "texts"),
+            ("BatchRequest", "documents"),
+        ):
+            if model in models:  # this service's limit (more is answered 413)
+                models[model]["properties"][field]["maxItems"] = settings.max_documents
         either = schema["paths"][wire.RERANK_ANY_ROUTE]["post"]["requestBody"]["content"]["application/json"]
         either["schema"] = {
             "oneOf": [
