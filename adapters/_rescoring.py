@@ -12,12 +12,25 @@ Combination, per hit in the window, exactly as Elasticsearch's ``query`` rescore
     b = rerank_score * rerank_weight
     total: a + b    multiply: a * b    avg: (a + b) / 2    max: max(a, b)    min: min(a, b)
 
-Hits past the window score ``a`` and stay behind the window whatever their score; ``from``/``size`` then
-page over that list, and ``hits.max_score`` is the best combined score.
+Hits past the window score ``a`` (their first-stage score times ``query_weight``) and then *all* hits are
+sorted together by score, as Elasticsearch's ``QueryRescorer.combine`` does (elastic/elasticsearch
+``server/.../search/rescore/QueryRescorer.java``). So a hit past the window can overtake a reranked one:
+with ``avg``, ``min``, ``multiply``, a ``rerank_weight`` below 1 or a negative weight the order is not
+"window first". ``keep_window_on_top=True`` keeps the reranked window, sorted, ahead of the rest (in
+first-stage order), which Elasticsearch has no option for. Ties keep the first-stage order (Elasticsearch
+breaks them by Lucene doc id, which a client cannot see). ``from``/``size`` then page over that list, and
+``hits.max_score`` is the best combined score.
+
+Elasticsearch's ``window_size`` is *per shard*: each shard rescores its own top ``window_size`` before the
+coordinating node merges them, so on a 5-shard index ``window_size: 50`` rescores up to 250 hits (and the
+merged top 50 may hold fewer than 50 rescored ones, or more). Here the window is *global*: the top
+``window_size`` hits of the merged response are reranked, exactly that many, whatever the shard count. To
+rerank as many hits as native ``rescore`` would on N shards, use ``window_size * N`` (N times the cost).
 
 The request sent asks for ``max(window_size, from + size)`` hits from 0 (``size`` 0 stays 0: nothing to
 rerank). ``window_size`` defaults to 10, Elasticsearch's default, and is not grown with ``from + size``: a
-fixed window keeps page 2 consistent with page 1; a page past the window comes back in first-stage order.
+fixed window keeps page 2 consistent with page 1; a page past the window holds hits scored ``original *
+query_weight`` (with reranked hits that sank there, Elasticsearch's order).
 
 What the rewritten response holds (the keys are also module constants):
 
@@ -28,9 +41,11 @@ What the rewritten response holds (the keys are also module constants):
   "window_size": int}``. ``reranked`` is ``False`` only when the reranker failed and ``fail_open`` kept
   the first-stage order; then every ``_score`` is the untouched original score and ``error`` says why.
 
-Fail-open follows :mod:`lychee_rerank.adapters._second_stage`: a reranker that is down, erroring or past
-``timeout_s`` gives the first-stage order, flagged and logged; an :class:`InvalidInputError` (an image
-field that holds no image, say) always raises, as do all errors when ``fail_open=False``.
+Fail-open follows :mod:`lychee_rerank.adapters._second_stage`: a reranker that is down, erroring, past
+``timeout_s`` or refusing the API key gives the first-stage order with ``response["lychee"]["error"]``
+saying why (``"RemoteAuthError: ..."``), logged as a warning (an error for a refused API key); an
+:class:`InvalidInputError` (an image field that holds no image, say) always raises, as do all errors when
+``fail_open=False``.
 """
 
 from __future__ import annotations
@@ -128,6 +143,9 @@ def combine(original: float, rerank: float, *, query_weight: float, rerank_weigh
 class Combination:
     """How many hits are reranked and how their scores are combined; validated on construction.
 
+    ``window_size`` is global (the top hits of the merged response), not per shard as in Elasticsearch;
+    ``keep_window_on_top`` departs from Elasticsearch, which sorts every hit together (see the module docs).
+
     Example:
         >>> Combination(window_size=50, query_weight=0.2).combine(10.0, 0.5)
         2.5
@@ -137,9 +155,12 @@ class Combination:
     query_weight: float = 1.0
     rerank_weight: float = 1.0
     score_mode: ScoreMode = "total"
+    keep_window_on_top: bool = False
 
     def __post_init__(self) -> None:
         _count(self.window_size, "window_size", 1)
+        if not isinstance(self.keep_window_on_top, bool):
+            raise InvalidInputError(f"keep_window_on_top must be true or false, got {self.keep_window_on_top!r}")
         _number(self.query_weight, "query_weight")
         _number(self.rerank_weight, "rerank_weight")
         if self.score_mode not in SCORE_MODES:
@@ -159,19 +180,22 @@ class Combination:
         """This combination overridden by an Elasticsearch-style rescore entry.
 
         Example:
-            >>> Combination().with_block({"window_size": 50, "lychee": {"query_weight": 0.2}})
-            Combination(window_size=50, query_weight=0.2, rerank_weight=1.0, score_mode='total')
+            >>> Combination().with_block({"window_size": 50, "lychee": {"query_weight": 0.2}}).query_weight
+            0.2
         """
         refuse_unknown(block, ("window_size", "lychee"), "a lychee rescore entry")
         options = block["lychee"]
         if not isinstance(options, Mapping):
             raise InvalidInputError(f"rescore 'lychee' must be an object, got {type(options).__name__}")
-        refuse_unknown(options, ("query_weight", "rerank_weight", "score_mode"), "rescore 'lychee'")
+        refuse_unknown(
+            options, ("query_weight", "rerank_weight", "score_mode", "keep_window_on_top"), "rescore 'lychee'"
+        )
         return Combination(
             window_size=block.get("window_size", self.window_size),
             query_weight=options.get("query_weight", self.query_weight),
             rerank_weight=options.get("rerank_weight", self.rerank_weight),
             score_mode=options.get("score_mode", self.score_mode),
+            keep_window_on_top=options.get("keep_window_on_top", self.keep_window_on_top),
         )
 
 
@@ -270,7 +294,8 @@ class HitRescorer:
         instruction: The task instruction or a preset name; ``None`` means the profile's default.
         fail_open: On a reranker failure or timeout, return the first-stage order flagged in the response
             (and logged) instead of raising.
-        timeout_s: Seconds to wait for the reranker; ``None`` waits.
+        timeout_s: Seconds the reranking may take; ``None`` waits. A ``RemoteReranker`` keeps it itself,
+            sync and async, with no extra thread.
 
     Example:
         >>> rescorer = HitRescorer(reranker, text_fields=("title",))  # doctest: +SKIP
@@ -304,7 +329,7 @@ class HitRescorer:
                 raise InvalidInputError(f"text_template names {unknown}, which are not in text_fields {list(fields)}")
         if self.timeout_s is not None and _number(self.timeout_s, "timeout_s") <= 0:
             raise InvalidInputError(f"timeout_s must be positive or None, got {self.timeout_s!r}")
-        # The fail-open rule, deadline and logging are the framework adapters' own (core.postprocess).
+        # The fail-open rule, deadline and logging are the framework adapters' own (adapters._second_stage).
         stage = SecondStage(reranker, instruction=self.instruction, fail_open=self.fail_open, timeout_s=self.timeout_s)
         object.__setattr__(self, "stage", stage)
 
@@ -450,9 +475,12 @@ def finish(response: Mapping[str, Any], plan: SearchPlan, selection: Selection) 
             _filter_hit_source(new_hit, plan.source_filter)
         rescored.append(new_hit)
     if not selection.failed:
-        window = rescored[: combination.window_size]
         # sorted() is stable: equal combined scores keep the first-stage order.
-        rescored = sorted(window, key=lambda hit: -hit["_score"]) + rescored[combination.window_size :]
+        if combination.keep_window_on_top:
+            window, rest = rescored[: combination.window_size], rescored[combination.window_size :]
+            rescored = sorted(window, key=_by_score) + rest
+        else:  # QueryRescorer.combine: the hits past the window are re-sorted with the rescored ones
+            rescored = sorted(rescored, key=_by_score)
     hits_section = dict(response["hits"])
     if rescored and not selection.failed:
         hits_section["max_score"] = max(hit["_score"] for hit in rescored)
@@ -466,6 +494,10 @@ def finish(response: Mapping[str, Any], plan: SearchPlan, selection: Selection) 
             "window_size": combination.window_size,
         },
     }
+
+
+def _by_score(hit: Mapping[str, Any]) -> float:
+    return -float(hit["_score"])
 
 
 def _filter_hit_source(hit: dict[str, Any], source_filter: SourceFilter) -> None:
@@ -507,6 +539,7 @@ class _Rescorer(Generic[ClientT]):
         query_weight: float = 1.0,
         rerank_weight: float = 1.0,
         score_mode: ScoreMode = "total",
+        keep_window_on_top: bool = False,
         instruction: str | None = None,
         fail_open: bool = True,
         timeout_s: float | None = None,
@@ -520,7 +553,7 @@ class _Rescorer(Generic[ClientT]):
             text_fields=tuple(text_fields) if not isinstance(text_fields, str) else (text_fields,),
             text_template=text_template,
             image_field=image_field,
-            combination=Combination(window_size, query_weight, rerank_weight, score_mode),
+            combination=Combination(window_size, query_weight, rerank_weight, score_mode, keep_window_on_top),
             instruction=instruction,
             fail_open=fail_open,
             timeout_s=timeout_s,

@@ -12,7 +12,15 @@ always raises: it means the caller's own query or documents cannot be scored (an
 empty query), and the same input would fail again, so hiding it would hide a bug in the caller's data.
 Any other exception (``TypeError``...) is a programming error and raises too. The fallback keeps the first
 ``top_n`` documents in first-stage order and ignores ``score_threshold``, since there are no rerank scores
-to compare with it; :attr:`Selection.failed` says so, and a warning is logged on this module's logger.
+to compare with it; :attr:`Selection.failed` and :attr:`Selection.error` say so, and each adapter puts the
+error in its result. It is logged on this module's logger: as a warning, or as an error for a refused API
+key (:class:`~lychee_rerank.core.errors.RemoteAuthError`), which no retry or wait will mend.
+
+Deadline: ``timeout_s`` is passed down to a reranker that can keep it itself
+(:class:`~lychee_rerank.core.interface.SupportsTimeout`, as ``RemoteReranker`` does): the call then ends
+within ``timeout_s`` with no thread of its own, sync or async. Only a reranker that cannot be interrupted
+(one scoring in this process) is run in a worker thread that is waited for ``timeout_s``; past it the
+worker is abandoned and finishes in the background.
 """
 
 from __future__ import annotations
@@ -27,9 +35,9 @@ from typing import Any
 
 import httpx
 
-from lychee_rerank.core.errors import InvalidInputError, LycheeError
+from lychee_rerank.core.errors import InvalidInputError, LycheeError, RemoteAuthError
 from lychee_rerank.core.inputs import Document, ImageInput, Query
-from lychee_rerank.core.interface import Reranker, RerankResult
+from lychee_rerank.core.interface import Reranker, RerankResult, SupportsTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +147,9 @@ class SecondStage:
         instruction: The task instruction or a preset name; ``None`` means the profile's default.
         fail_open: On a reranker failure (see the module docstring), keep the first ``top_n`` in first-stage
             order, flagged and logged, instead of raising.
-        timeout_s: Seconds to wait for the reranker; past it, the call counts as failed. The abandoned
-            call still runs to completion in the background and its answer is discarded.
+        timeout_s: Seconds the reranking may take; past it, the call counts as failed. A reranker with
+            ``with_timeout`` keeps the deadline itself; any other is run in a worker thread that is abandoned
+            at the deadline (and still runs to completion in the background, its answer discarded).
 
     Example:
         >>> stage = SecondStage(reranker, top_n=1)  # doctest: +SKIP
@@ -159,8 +168,9 @@ class SecondStage:
         """Reranks ``documents`` against ``query``, blocking; empty input returns at once."""
         if not documents:
             return Selection(())
+        reranker, waited_s = self._bounded()
         call = functools.partial(
-            self.reranker.rerank,
+            reranker.rerank,
             query,
             documents,
             top_n=self.top_n,
@@ -168,7 +178,7 @@ class SecondStage:
             min_score=self.score_threshold,
         )
         try:
-            results = call() if self.timeout_s is None else _call_with_deadline(call, self.timeout_s)
+            results = call() if waited_s is None else _call_with_deadline(call, waited_s)
         except RECOVERABLE_ERRORS as error:
             return self._fall_back(error, len(documents))
         return _selection(results)
@@ -177,23 +187,33 @@ class SecondStage:
         """Reranks ``documents`` against ``query`` with the reranker's ``arerank``, never blocking the loop."""
         if not documents:
             return Selection(())
+        reranker, waited_s = self._bounded()
+        call = reranker.arerank(
+            query, documents, top_n=self.top_n, instruction=self.instruction, min_score=self.score_threshold
+        )
         try:
-            results = await _await_with_deadline(
-                self.reranker.arerank(
-                    query, documents, top_n=self.top_n, instruction=self.instruction, min_score=self.score_threshold
-                ),
-                self.timeout_s,
-            )
+            results = await (call if waited_s is None else _await_with_deadline(call, waited_s))
         except RECOVERABLE_ERRORS as error:
             return self._fall_back(error, len(documents))
         return _selection(results)
+
+    def _bounded(self) -> tuple[Reranker, float | None]:
+        """The reranker to call, and the seconds to wait for it from outside (a thread, ``wait_for``) if any."""
+        if self.timeout_s is None:
+            return self.reranker, None
+        if isinstance(self.reranker, SupportsTimeout):
+            return self.reranker.with_timeout(self.timeout_s), None
+        return self.reranker, self.timeout_s
 
     def _fall_back(self, error: BaseException, count: int) -> Selection:
         if not self.fail_open or isinstance(error, InvalidInputError):
             raise error
         described = f"{type(error).__name__}: {error}"
         kept = count if self.top_n is None else min(self.top_n, count)
-        logger.warning(
+        # A refused API key is a deployment error no retry will mend: loud, though the search still answers.
+        level = logging.ERROR if isinstance(error, RemoteAuthError) else logging.WARNING
+        logger.log(
+            level,
             "reranking failed (%s); keeping the first %d of %d documents in first-stage order (fail_open=True)",
             described,
             kept,
@@ -210,9 +230,7 @@ def _timeout_message(timeout_s: float) -> str:
     return f"the reranker did not answer within timeout_s={timeout_s:g} seconds"
 
 
-async def _await_with_deadline(call: Awaitable[list[RerankResult]], timeout_s: float | None) -> list[RerankResult]:
-    if timeout_s is None:
-        return await call
+async def _await_with_deadline(call: Awaitable[list[RerankResult]], timeout_s: float) -> list[RerankResult]:
     try:
         return await asyncio.wait_for(call, timeout_s)
     except asyncio.TimeoutError:

@@ -66,12 +66,16 @@ class ElasticsearchRescorer(ClientRescorer[Elasticsearch]):
         text_template: How they are joined, e.g. ``"{title}\\n{body}"``; default: the non-empty ones, one
             per line. Placeholders must be among ``text_fields``.
         image_field: A ``_source`` field holding the hit's image as a URL, path, data URI or base64.
-        window_size: How many top hits are reranked, as Elasticsearch's ``window_size`` (default 10, as
-            there). Fixed, not grown with ``from + size``, so that pages agree with each other; pages past
-            the window come back in first-stage order behind it.
-        query_weight: Weight of the first-stage score.
+        window_size: How many top hits are reranked (default 10, as Elasticsearch's ``window_size``). Global,
+            not per shard as Elasticsearch's: on a 5-shard index native ``rescore`` with ``window_size: 50``
+            rescores up to 250 hits (50 per shard), this rescorer the merged top 50; pass 250 for as many.
+            Fixed, not grown with ``from + size``, so that pages agree with each other.
+        query_weight: Weight of the first-stage score; hits past the window score ``original * query_weight``
+            and are sorted together with the reranked ones, as ``QueryRescorer.combine`` does.
         rerank_weight: Weight of the rerank score (a probability in [0, 1]).
         score_mode: ``"total"`` (default), ``"multiply"``, ``"avg"``, ``"max"`` or ``"min"``.
+        keep_window_on_top: Keep the reranked window ahead of every hit past it (not Elasticsearch's
+            behaviour, which may let a hit past the window overtake a reranked one).
         instruction: The task instruction or a preset name (``"ecommerce"``...); default: the model's.
         fail_open: On a reranker failure or timeout, return the first-stage order with
             ``response["lychee"]["reranked"] = False`` and a logged warning instead of raising.
@@ -82,7 +86,7 @@ class ElasticsearchRescorer(ClientRescorer[Elasticsearch]):
     ``rerank_query`` (the text to rerank against; default: the text of a simple ``match``,
     ``multi_match`` or ``query_string`` query), ``rerank_query_image``, and any other keyword argument of
     ``Elasticsearch.search``, passed through. A rescore entry ``{"window_size": N, "lychee": {"query_weight",
-    "rerank_weight", "score_mode"}}`` overrides the defaults for one search; other rescore entries
+    "rerank_weight", "score_mode", "keep_window_on_top"}}`` overrides the defaults for one search; other rescore entries
     (``query``, ``learning_to_rank``) still run on the server, before this one. A ``sort`` other than
     ``_score`` is refused with Elasticsearch's own message.
 

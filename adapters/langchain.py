@@ -5,10 +5,11 @@ the ``langchain-classic`` package: ``langchain_classic.retrievers.ContextualComp
 compose it into an LCEL chain with :meth:`LycheeRerank.as_runnable`.
 
 Returned documents are copies: ``metadata["relevance_score"]`` holds the rerank score, every other
-metadata key is kept, and the caller's documents are never changed. When the reranker is down or slow
-and ``fail_open`` is on, the first ``top_n`` documents come back in first-stage order with
-``metadata["rerank_failed"] = True`` and no ``relevance_score``, and a warning is logged
-(the rule for which errors fall back is in :mod:`lychee_rerank.adapters._second_stage`).
+metadata key is kept, and the caller's documents are never changed. When the reranker is down, slow
+(past ``timeout_s``) or refuses the API key and ``fail_open`` is on, the first ``top_n`` documents come back
+in first-stage order with ``metadata["rerank_failed"] = True``, ``metadata["rerank_error"]`` saying why
+(``"RemoteAuthError: ..."``) and no ``relevance_score``; it is logged as a warning, or as an error for a
+refused API key (the rule for which errors fall back is in :mod:`lychee_rerank.adapters._second_stage`).
 
 Importing this module without ``langchain-core`` raises an ImportError naming
 ``pip install 'lychee-rerank[langchain]'``.
@@ -52,13 +53,16 @@ from lychee_rerank.core.inputs import Document, ImageInput, Query  # noqa: E402
 from lychee_rerank.core.interface import Reranker  # noqa: E402
 from lychee_rerank.core.remote import as_reranker  # noqa: E402
 
-__all__ = ["RELEVANCE_SCORE_KEY", "RERANK_FAILED_KEY", "LycheeRerank"]
+__all__ = ["RELEVANCE_SCORE_KEY", "RERANK_ERROR_KEY", "RERANK_FAILED_KEY", "LycheeRerank"]
 
 RELEVANCE_SCORE_KEY = "relevance_score"
 """Metadata key of the rerank score on returned documents."""
 
 RERANK_FAILED_KEY = "rerank_failed"
 """Metadata key set to ``True`` on documents returned in first-stage order because reranking failed."""
+
+RERANK_ERROR_KEY = "rerank_error"
+"""Metadata key holding why reranking failed (``"Type: message"``) on those documents."""
 
 
 class LycheeRerank(BaseDocumentCompressor):
@@ -78,8 +82,10 @@ class LycheeRerank(BaseDocumentCompressor):
         image_keys: Metadata keys looked up for a document's image, first match wins.
         query_image: An image that goes with every query; a call's ``query_image`` argument overrides it.
         fail_open: On a reranker failure, return the first ``top_n`` in first-stage order, flagged with
-            ``metadata["rerank_failed"]`` and logged, instead of raising. Invalid input always raises.
-        timeout_s: Seconds to wait for the reranker before treating the call as failed; ``None`` waits.
+            ``metadata["rerank_failed"]`` and ``metadata["rerank_error"]`` and logged, instead of raising.
+            Invalid input always raises.
+        timeout_s: Seconds the reranking may take before the call counts as failed; ``None`` waits. A
+            ``RemoteReranker`` keeps it itself, sync and async, with no extra thread.
 
     Example:
         >>> compressor = LycheeRerank(reranker=LocalReranker(), top_n=2)  # doctest: +SKIP
@@ -198,7 +204,7 @@ class LycheeRerank(BaseDocumentCompressor):
 
 
 def _copies(documents: Sequence[LangChainDocument], selection: Selection) -> list[LangChainDocument]:
-    flag = {RERANK_FAILED_KEY: True} if selection.failed else {}
+    flag = {RERANK_FAILED_KEY: True, RERANK_ERROR_KEY: selection.error} if selection.failed else {}
     return [
         documents[pick.index].model_copy(
             update={

@@ -6,9 +6,11 @@ its text if any. ``QueryBundle.image_path`` is the query image.
 
 Returned nodes are new ``NodeWithScore`` objects whose ``score`` is the rerank score; the caller's nodes
 are never changed (a node is copied when its metadata gains ``retrieval_score``). When the reranker is
-down or slow and ``fail_open`` is on, the first ``top_n`` nodes come back in first-stage order with their
-retrieval scores and ``metadata["rerank_failed"] = True``, and a warning is logged (the rule for which
-errors fall back is in :mod:`lychee_rerank.adapters._second_stage`).
+down, slow (past ``timeout_s``) or refuses the API key and ``fail_open`` is on, the first ``top_n`` nodes
+come back in first-stage order with their retrieval scores, ``metadata["rerank_failed"] = True`` and
+``metadata["rerank_error"]`` saying why (``"RemoteAuthError: ..."``); it is logged as a warning, or as an
+error for a refused API key (the rule for which errors fall back is in
+:mod:`lychee_rerank.adapters._second_stage`).
 
 Importing this module without ``llama-index-core`` raises an ImportError naming
 ``pip install 'lychee-rerank[llamaindex]'``.
@@ -37,13 +39,16 @@ from lychee_rerank.core.inputs import Document, Query  # noqa: E402
 from lychee_rerank.core.interface import Reranker  # noqa: E402
 from lychee_rerank.core.remote import as_reranker  # noqa: E402
 
-__all__ = ["RERANK_FAILED_KEY", "RETRIEVAL_SCORE_KEY", "LycheeRerank"]
+__all__ = ["RERANK_ERROR_KEY", "RERANK_FAILED_KEY", "RETRIEVAL_SCORE_KEY", "LycheeRerank"]
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key of the first-stage score when ``keep_retrieval_score`` is on."""
 
 RERANK_FAILED_KEY = "rerank_failed"
 """Metadata key set to ``True`` on nodes returned in first-stage order because reranking failed."""
+
+RERANK_ERROR_KEY = "rerank_error"
+"""Metadata key holding why reranking failed (``"Type: message"``) on those nodes."""
 
 _IMAGE_NODE_FIELDS = ("image", "image_path", "image_url")  # ImageNode.resolve_image's order
 
@@ -63,8 +68,10 @@ class LycheeRerank(BaseNodePostprocessor):
         metadata_mode: Which metadata goes into a node's text (``MetadataMode.EMBED``, as LlamaIndex's
             own rerankers do; ``MetadataMode.NONE`` for the bare text).
         fail_open: On a reranker failure, return the first ``top_n`` in first-stage order, flagged with
-            ``metadata["rerank_failed"]`` and logged, instead of raising. Invalid input always raises.
-        timeout_s: Seconds to wait for the reranker before treating the call as failed; ``None`` waits.
+            ``metadata["rerank_failed"]`` and ``metadata["rerank_error"]`` and logged, instead of raising.
+            Invalid input always raises.
+        timeout_s: Seconds the reranking may take before the call counts as failed; ``None`` waits. A
+            ``RemoteReranker`` keeps it itself, sync and async, with no extra thread.
 
     Example:
         >>> rerank = LycheeRerank(reranker=LocalReranker(), top_n=2)  # doctest: +SKIP
@@ -156,6 +163,7 @@ class LycheeRerank(BaseNodePostprocessor):
                 extra[RETRIEVAL_SCORE_KEY] = original.score
             if selection.failed:
                 extra[RERANK_FAILED_KEY] = True
+                extra[RERANK_ERROR_KEY] = selection.error
             # The caller's node is shared, not mutated: a copy only when its metadata changes.
             node = original.node
             if extra:

@@ -54,8 +54,10 @@ class OpenSearchRescorer(ClientRescorer[OpenSearch]):
     Arguments and ``search`` are those of
     :class:`lychee_rerank.adapters.elasticsearch.ElasticsearchRescorer`: ``client`` (an
     ``opensearchpy.OpenSearch``), ``reranker`` (a Reranker or a service URL), ``text_fields``,
-    ``text_template``, ``image_field``, ``window_size`` (default 10), ``query_weight``, ``rerank_weight``,
-    ``score_mode`` (total, multiply, avg, max, min), ``instruction``, ``fail_open``, ``timeout_s``. The
+    ``text_template``, ``image_field``, ``window_size`` (default 10; global, where OpenSearch's own rescore
+    window is per shard), ``query_weight``, ``rerank_weight``, ``score_mode`` (total, multiply, avg, max,
+    min), ``keep_window_on_top`` (default: all hits sorted together, as the query rescorer does),
+    ``instruction``, ``fail_open``, ``timeout_s``. The
     whole request goes in the body; other keyword arguments of ``OpenSearch.search`` (``routing``,
     ``request_timeout``...) pass through.
 

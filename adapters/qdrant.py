@@ -13,9 +13,11 @@ What comes back, and the documented payload keys:
   constructor option, ``None`` leaves it out).
 - ``with_payload`` is honoured: payload fields fetched only for reranking are removed again. With
   ``with_payload=False`` the payload holds only the keys above (or is ``None`` when there are none).
-- Fail-open: when the reranker is down or slow, the window comes back in first-stage order, ``score``
-  is the first-stage score, ``payload["_rerank_failed"]`` (:data:`RERANK_FAILED_KEY`) is ``True``, a
-  warning is logged, and ``score_threshold`` is not applied (it is a threshold on rerank scores).
+- Fail-open: when the reranker is down, slow (past ``timeout_s``) or refuses the API key, the window comes
+  back in first-stage order, ``score`` is the first-stage score, ``payload["_rerank_failed"]``
+  (:data:`RERANK_FAILED_KEY`) is ``True``, ``payload["_rerank_error"]`` (:data:`RERANK_ERROR_KEY`) says
+  why (``"RemoteAuthError: ..."``), it is logged (as an error for a refused API key, else a warning), and
+  ``score_threshold`` is not applied (it is a threshold on rerank scores).
   ``fail_open=False`` raises instead. Which errors fall back is the rule of
   :mod:`lychee_rerank.adapters._second_stage`; invalid input (an unreadable image) always raises.
 - Returned points are copies; neither the caller's arguments nor the client's objects are changed.
@@ -23,6 +25,13 @@ What comes back, and the documented payload keys:
 Only the window is reranked: ``offset``/``limit`` page inside it, so a page past the window is short
 or empty (raise ``window`` to page deeper); the window is never smaller than ``limit``. Qdrant's own
 ``score_threshold`` on the first stage belongs in a ``Prefetch``.
+
+A ``Prefetch`` without a ``limit`` returns 10 points, on a server and in local mode alike (qdrant-client
+``http/models/models.py`` ``Prefetch.limit``: "Default is 10"; ``local/local_collection.py`` fills 10). So
+two such prefetches fused with a window of 50 would rerank at most 20 points. Here every ``Prefetch``
+without a limit, nested ones included, is sent with ``limit = window`` (on copies: the caller's objects are
+not changed); a prefetch with its own limit keeps it, and when the first stage then returns fewer
+candidates than the window while those limits add up to less than it, a warning says so.
 
 Importing this module without ``qdrant-client`` raises an ImportError naming
 ``pip install 'lychee-rerank[qdrant]'``.
@@ -36,7 +45,7 @@ Example:
     ...     rerank_query="white linen shirt",
     ...     prefetch=[models.Prefetch(query=dense, using="dense"), models.Prefetch(query=sparse, using="sparse")],
     ...     query=models.FusionQuery(fusion=models.Fusion.RRF),
-    ...     limit=3,
+    ...     limit=3,  # the prefetches get limit=50 (the window) each: they have none of their own
     ... )
     >>> [(p.id, round(p.score, 2), p.payload["_first_stage_score"]) for p in response.points]  # doctest: +SKIP
     [(7, 0.93, 0.5), (2, 0.88, 0.33), (11, 0.41, 1.0)]
@@ -70,6 +79,7 @@ from lychee_rerank.core.remote import as_reranker  # noqa: E402
 __all__ = [
     "DEFAULT_WINDOW",
     "FIRST_STAGE_SCORE_KEY",
+    "RERANK_ERROR_KEY",
     "RERANK_FAILED_KEY",
     "AsyncQdrantReranker",
     "QdrantReranker",
@@ -82,6 +92,9 @@ FIRST_STAGE_SCORE_KEY = "_first_stage_score"
 
 RERANK_FAILED_KEY = "_rerank_failed"
 """Payload key set to ``True`` on points returned in first-stage order because reranking failed."""
+
+RERANK_ERROR_KEY = "_rerank_error"
+"""Payload key holding why reranking failed (``"Type: message"``) on those points."""
 
 DEFAULT_WINDOW = 50
 """Candidates fetched from Qdrant and reranked per query, unless the constructor or a call says otherwise."""
@@ -204,6 +217,34 @@ def _check_fields(name: str, fields: Sequence[str]) -> tuple[str, ...]:
     return checked
 
 
+def _with_window(prefetch: Any, window: int) -> Any:
+    """``prefetch`` (one, a list, nested) with ``limit = window`` wherever it has none; new objects only."""
+    if isinstance(prefetch, list):
+        return [_with_window(item, window) for item in prefetch]
+    if isinstance(prefetch, models.Prefetch):
+        update: dict[str, Any] = {}
+        if prefetch.limit is None:
+            update["limit"] = window
+        if prefetch.prefetch is not None:
+            update["prefetch"] = _with_window(prefetch.prefetch, window)
+        return prefetch.model_copy(update=update) if update else prefetch
+    if isinstance(prefetch, Mapping):
+        copied = dict(prefetch)
+        if copied.get("limit") is None:
+            copied["limit"] = window
+        if copied.get("prefetch") is not None:
+            copied["prefetch"] = _with_window(copied["prefetch"], window)
+        return copied
+    return prefetch
+
+
+def _explicit_limits(prefetch: Any) -> list[int]:
+    """The limits the caller set on the top-level prefetches (what caps a fusion's candidates)."""
+    items = prefetch if isinstance(prefetch, list) else [prefetch]
+    limits = [item.limit if isinstance(item, models.Prefetch) else item.get("limit") for item in items if item]
+    return [limit for limit in limits if isinstance(limit, int)]
+
+
 @dataclass(frozen=True)
 class _Request:
     """One call, prepared: the ``query_points`` arguments and how to turn its answer into the result."""
@@ -214,6 +255,7 @@ class _Request:
     stage: SecondStage
     offset: int
     limit: int
+    capped_by: tuple[int, ...] = ()  # the caller's own prefetch limits, when they add up to less than the window
 
 
 class _QdrantRerankBase:
@@ -276,13 +318,22 @@ class _QdrantRerankBase:
         ):
             raise InvalidInputError(f"score_threshold must be a number or None, got {score_threshold!r}")
         payload = _plan_payload(with_payload, self.text_fields + self.image_fields)
+        # A window smaller than the page would return short pages for no reason.
+        window = max(window, limit)
         arguments = {
             **qdrant_arguments,
             "collection_name": collection_name,
-            # A window smaller than the page would return short pages for no reason.
-            "limit": max(window, limit),
+            "limit": window,
             "with_payload": payload.fetch,
         }
+        capped_by: tuple[int, ...] = ()
+        if qdrant_arguments.get("prefetch") is not None:
+            # Prefetch.limit defaults to 10 in Qdrant: without this the window would be 10 per prefetch.
+            arguments["prefetch"] = _with_window(qdrant_arguments["prefetch"], window)
+            explicit = _explicit_limits(qdrant_arguments["prefetch"])
+            items = qdrant_arguments["prefetch"]
+            if explicit and len(explicit) == len(items if isinstance(items, list) else [items]):
+                capped_by = tuple(explicit) if sum(explicit) < window else ()
         stage = SecondStage(
             self.reranker,
             top_n=None,  # offset/limit are applied after the threshold, on the whole reranked window
@@ -291,7 +342,18 @@ class _QdrantRerankBase:
             fail_open=self.fail_open,
             timeout_s=self.timeout_s,
         )
-        return _Request(as_query(rerank_query), arguments, payload, stage, offset, limit)
+        return _Request(as_query(rerank_query), arguments, payload, stage, offset, limit, capped_by)
+
+    def _check_window(self, request: _Request, points: Sequence[models.ScoredPoint]) -> None:
+        window = request.arguments["limit"]
+        if request.capped_by and len(points) < window:
+            logger.warning(
+                "the first stage returned %d candidates for a window of %d: the prefetch limits %s cap it; "
+                "raise them (or leave them out: a prefetch without a limit gets the window)",
+                len(points),
+                window,
+                list(request.capped_by),
+            )
 
     def _documents(self, points: Sequence[models.ScoredPoint]) -> list[Document]:
         documents = []
@@ -319,12 +381,10 @@ class _QdrantRerankBase:
 
     def _response(self, request: _Request, points: Sequence[models.ScoredPoint], selection: Selection) -> QueryResponse:
         page = selection.picks[request.offset : request.offset + request.limit]
-        return QueryResponse(
-            points=[self._copy(request, points[pick.index], pick.score, selection.failed) for pick in page]
-        )
+        return QueryResponse(points=[self._copy(request, points[pick.index], pick.score, selection) for pick in page])
 
     def _copy(
-        self, request: _Request, point: models.ScoredPoint, rerank_score: float | None, failed: bool
+        self, request: _Request, point: models.ScoredPoint, rerank_score: float | None, selection: Selection
     ) -> models.ScoredPoint:
         payload: dict[str, Any] | None = None
         if request.payload.keep:
@@ -334,8 +394,9 @@ class _QdrantRerankBase:
         marks: dict[str, Any] = {}
         if self.first_stage_score_key is not None:
             marks[self.first_stage_score_key] = point.score
-        if failed:
+        if selection.failed:
             marks[RERANK_FAILED_KEY] = True
+            marks[RERANK_ERROR_KEY] = selection.error
         if marks:
             payload = {**(payload or {}), **marks}
         return point.model_copy(
@@ -354,9 +415,11 @@ class QdrantReranker(_QdrantRerankBase):
         image_fields: Payload keys that may hold the document's image (a path, an http(s) URL, a data URI or
             base64); the first non-empty one is used.
         window: Candidates fetched and reranked per query (at least ``limit``); a call may override it.
+            Prefetches without a ``limit`` of their own are given the window (Qdrant's default is 10).
         instruction: The task instruction, or a preset name (``"ecommerce"``, ``"academic"``...).
         fail_open: On a reranker failure, return the first-stage order, flagged and logged, instead of raising.
-        timeout_s: Seconds to wait for the reranker before treating the call as failed; ``None`` waits.
+        timeout_s: Seconds the reranking may take before the call counts as failed; ``None`` waits. A
+            ``RemoteReranker`` keeps it itself, sync and async, with no extra thread.
         first_stage_score_key: Payload key that receives the first-stage score; ``None`` leaves it out.
 
     Example:
@@ -395,8 +458,9 @@ class QdrantReranker(_QdrantRerankBase):
             with_payload: As in Qdrant; fields fetched only for reranking are removed again.
             window: This call's window; default: the constructor's.
             instruction: This call's instruction; default: the constructor's.
-            **qdrant_arguments: Passed to ``query_points`` as given: ``query``, ``using``, ``prefetch``,
-                ``query_filter``, ``search_params``, ``with_vectors``, ``lookup_from``, ``timeout``...
+            **qdrant_arguments: Passed to ``query_points``: ``query``, ``using``, ``prefetch`` (each
+                ``Prefetch`` without a ``limit`` gets the window, on a copy), ``query_filter``,
+                ``search_params``, ``with_vectors``, ``lookup_from``, ``timeout``...
 
         Raises:
             InvalidInputError: A bad argument, or a payload that cannot be scored (always, even fail-open).
@@ -413,6 +477,7 @@ class QdrantReranker(_QdrantRerankBase):
             qdrant_arguments=qdrant_arguments,
         )
         points = self.client.query_points(**request.arguments).points
+        self._check_window(request, points)
         selection = request.stage.run(request.query, self._documents(points))
         return self._response(request, points, selection)
 
@@ -457,5 +522,6 @@ class AsyncQdrantReranker(_QdrantRerankBase):
             qdrant_arguments=qdrant_arguments,
         )
         points = (await self.client.query_points(**request.arguments)).points
+        self._check_window(request, points)
         selection = await request.stage.arun(request.query, self._documents(points))
         return self._response(request, points, selection)

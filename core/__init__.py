@@ -35,8 +35,9 @@ _EXPORTS = {
     "BaseReranker": "interface",
     "Reranker": "interface",
     "RerankResult": "interface",
+    "RemoteAuthError": "errors",
     "RemoteReranker": "remote",
-    "RemoteRerankerError": "remote",
+    "RemoteRerankerError": "errors",
     "as_reranker": "remote",
     "LocalReranker": "local",
 }
@@ -56,6 +57,7 @@ __all__ = [
     "ModelLoadError",
     "Profile",
     "Query",
+    "RemoteAuthError",
     "RemoteReranker",
     "RemoteRerankerError",
     "RerankResult",
@@ -72,6 +74,8 @@ if TYPE_CHECKING:
         InvalidInputError,
         LycheeError,
         ModelLoadError,
+        RemoteAuthError,
+        RemoteRerankerError,
         UnknownProfileError,
     )
     from lychee_rerank.core.inputs import Document, ImageInput, Query
@@ -79,7 +83,7 @@ if TYPE_CHECKING:
     from lychee_rerank.core.local import LocalReranker
     from lychee_rerank.core.media import MediaPolicy
     from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES, Profile, get_profile
-    from lychee_rerank.core.remote import RemoteReranker, RemoteRerankerError, as_reranker
+    from lychee_rerank.core.remote import RemoteReranker, as_reranker
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,5 @@
-"""The ``lychee-rerank`` command line.
-
-``lychee-rerank score`` ranks a few documents against a query and prints a table. Documents are given
-in order with ``--doc TEXT`` and ``--doc-image IMAGE``: an image that directly follows a text document
-belongs to it; any other image is a document of its own. ``--docs-file`` reads JSON lines
-(``{"text": ..., "image": ...}``) instead.
+"""The ``lychee-rerank`` command line: ``score`` here; ``serve``, ``demo`` and the plugins' commands come
+through the ``lychee_rerank.commands`` entry points. Errors (bad input, a missing extra) print as one line.
 """
 
 from __future__ import annotations
@@ -20,6 +16,20 @@ from lychee_rerank.core.display import cell
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, PROFILES, TINY_MODEL_NAME
+
+SCORE_DESCRIPTION = """\
+Ranks a few documents against a query with the model in this process and prints a table
+(or JSON with --json). Needs the [local] extra.
+
+Give documents in order with --doc TEXT and --doc-image IMAGE: an image that directly follows a
+text document belongs to it; any other image is a document of its own. --docs-file reads JSON
+lines instead, one document per line: a string, or {"text": ..., "image": ...}. Images are paths,
+http(s) URLs, data URIs or base64.
+
+example:
+  lychee-rerank score --model tiny --query "white linen shirt" \\
+      --doc "White linen shirt" --doc-image examples/images/shirt_white.png --doc "Red shoes"
+"""
 
 TINY_BANNER = (
     "NOTE: --model tiny is a small random model: its scores exercise the code and mean nothing.\n"
@@ -108,12 +118,15 @@ def _score_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``lychee-rerank`` command."""
-    parser = argparse.ArgumentParser(prog="lychee-rerank", description="Multimodal reranking with Lychee-Rerank-MM.")
+    parser = argparse.ArgumentParser(
+        prog="lychee-rerank",
+        description="Multimodal reranking with Lychee-Rerank-MM. Run 'lychee-rerank COMMAND --help' for a command.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser(
         "score",
         help="rank documents against a query and print a table",
-        description=__doc__,
+        description=SCORE_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     score.add_argument("--query", help="the query text")
@@ -133,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--model",
         default=None,
-        help="hub id, checkpoint folder, or 'tiny' (default: vec-ai/lychee-rerank-mm)",
+        help="hub id, checkpoint folder, or 'tiny' (default: $LYCHEE_MODEL, else vec-ai/lychee-rerank-mm)",
     )
     score.add_argument("--profile", default="lychee", choices=sorted(PROFILES))
     score.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")

@@ -2,7 +2,8 @@
 
 Every error says what was wrong and what to do about it. ``InvalidInputError`` (and its subclass
 ``ImageError``) is the caller's fault and maps to a 4xx in the service; ``ModelLoadError`` is a
-deployment problem.
+deployment problem; ``RemoteRerankerError`` (and ``RemoteAuthError``) is what the service's client raises
+when the service cannot serve a call.
 """
 
 from __future__ import annotations
@@ -55,3 +56,19 @@ class UnknownProfileError(LycheeError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class RemoteRerankerError(LycheeError):
+    """The service could not be reached in time or failed (transport error, 5xx, overloaded, a bad answer).
+
+    Attributes:
+        status: The HTTP status, or ``None`` when no answer came.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteAuthError(RemoteRerankerError):
+    """The service refused the API key (HTTP 401 or 403): check ``LYCHEE_API_KEY`` or ``api_key=``."""

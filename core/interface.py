@@ -77,6 +77,20 @@ class Reranker(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsTimeout(Protocol):
+    """A reranker that can keep a deadline itself: its calls return or raise within ``seconds``.
+
+    Adapters with a ``timeout_s`` call ``reranker.with_timeout(timeout_s)`` when the reranker has it, so a
+    slow call ends on its own (no worker thread left behind); other rerankers are waited for in a thread.
+    :class:`~lychee_rerank.core.remote.RemoteReranker` has it.
+    """
+
+    def with_timeout(self, seconds: float) -> Reranker:
+        """The same reranker whose every call returns or raises within ``seconds``."""
+        ...
+
+
 def check_rerank_options(top_n: int | None, min_score: float | None) -> None:
     """Refuses a negative ``top_n`` or a ``min_score`` that is not a number (bool and NaN included)."""
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):

@@ -74,6 +74,9 @@ class Profile:
         """
         if self.needs_query_text and not query.text:
             raise InvalidInputError(f"the {self.name!r} profile needs query text; this query has none")
+        if query.has_image and not any(part.kind == "query_image" for part in self.user_parts):
+            # Dropping the image silently would score a different query than the one asked.
+            raise InvalidInputError(f"the {self.name!r} profile has no place for a query image; give query text only")
         values = {"instruction": instruction or self.default_instruction, "query_text": query.text or ""}
         content: list[dict[str, Any]] = []
         for part in self.user_parts:
@@ -134,6 +137,10 @@ LYCHEE = Profile(
     notes="Lychee-Rerank-MM (GMR-7B), a Qwen2.5-VL-7B fine-tune.",
 )
 
+# Qwen3-VL-Reranker's usage code (format_mm_instruction / format_mm_content in the Qwen3-VL-Embedding
+# repository, which the model card points to): the same system prompt, "<Instruct>: " + instruction, then
+# "<Query>:" and "\n<Document>:" each followed by that side's image, then its text; the score is
+# sigmoid((w_yes - w_no) . h_last), i.e. P("yes") over yes/no; pixels between 4 and 1800 32x32 blocks.
 QWEN3_VL_RERANKER = Profile(
     name="qwen3-vl-reranker",
     system_prompt=_YES_NO_SYSTEM,
@@ -142,12 +149,15 @@ QWEN3_VL_RERANKER = Profile(
     negative_token="no",
     default_instruction="Given a search query, retrieve relevant candidates that answer the query.",
     min_pixels=4 * 32 * 32,
-    max_pixels=1280 * 32 * 32,
+    max_pixels=1800 * 32 * 32,
     model_types=("qwen3_vl",),
     default_model="Qwen/Qwen3-VL-Reranker-2B",
     notes="Qwen3-VL-Reranker 2B/8B: same system prompt, P(yes) over yes/no.",
 )
 
+# The MonoQwen2-VL-v0.1 model card: no system turn (the chat template's default), the document image,
+# then the prompt below with the query; P("True") over True/False. The card scores image documents only;
+# a text document takes the image's place here. There is no place for a query image.
 MONOQWEN2_VL = Profile(
     name="monoqwen2-vl",
     system_prompt=None,

@@ -2,39 +2,60 @@
 
 It calls ``POST /v1/rerank`` of ``lychee-rerank serve``. Images travel as something the server can read:
 PIL images, bytes and local files become ``data:`` URIs (the service refuses local paths by default),
-URLs and data URIs are passed through. Requests answered 429 or 503, and connection failures, are retried
-with exponential backoff, honouring ``Retry-After``. Input errors (4xx) raise
+URLs and data URIs are passed through.
+
+Deadline: ``timeout`` is the caller's wall-clock budget for the whole call. Every attempt, every wait
+for a retry and every socket operation gets only what is left of it (see :mod:`lychee_rerank.core.deadline`),
+so a call returns or raises within ``timeout`` whether the service answers slowly, trickles its answer,
+accepts and never answers, or never accepts. Retries happen only where no answer is coming: a connection
+that could not be made or was closed before the answer, and a 429 or 503 (overloaded, starting), after
+``Retry-After`` when the service sends it, else after an exponential backoff. A wait that does not fit in
+what is left of the budget is not started: the call raises at once, saying when the service asked to be
+retried. A read timeout is never retried (the request may still be running there). The rules are in
+:mod:`lychee_rerank.core.attempts`; with several base URLs, calls take turns and a failing endpoint is
+skipped for a while (:mod:`lychee_rerank.core.endpoints`).
+
+Errors: input the service refuses (its own JSON error body on 400, 413 or 422) raises
 :class:`~lychee_rerank.core.InvalidInputError` (or :class:`~lychee_rerank.core.ImageError` with the
-server's reason), as the local reranker would; anything else raises :class:`RemoteRerankerError`.
+server's reason), as the local reranker would; a refused API key (401, 403) raises
+:class:`RemoteAuthError`; anything else (unreachable, overloaded, a proxy's error page, an answer that is
+not a valid rerank response) raises :class:`RemoteRerankerError`. Answers are checked: every index in
+range and once, every score a finite number in [0, 1], one result per document unless ``top_n`` or
+``min_score`` was asked.
 
 Example:
-    >>> reranker = RemoteReranker("http://gpu-box:8000", api_key="secret")  # doctest: +SKIP
+    >>> reranker = RemoteReranker("http://gpu-box:8000", api_key="secret", timeout=2.0)  # doctest: +SKIP
     >>> reranker.score("red dress", ["a red dress", {"image": "dress.jpg"}])  # doctest: +SKIP
     [0.93, 0.71]
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import copy
 import io
+import json
+import math
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any
 
 import httpx
 from PIL import Image
 
 from lychee_rerank.core import wire
-from lychee_rerank.core.errors import ImageError, ImageErrorReason, InvalidInputError, LycheeError
+from lychee_rerank.core.answers import Answer, checked_results
+from lychee_rerank.core.attempts import Connections, Plan, Policy, apost, plan, post
+from lychee_rerank.core.endpoints import EndpointPool, parse_endpoints
+from lychee_rerank.core.errors import ImageError, RemoteAuthError, RemoteRerankerError
 from lychee_rerank.core.inputs import Document, DocumentLike, ImageInput, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker, Reranker, RerankResult, check_rerank_options
 from lychee_rerank.core.sources import MAX_PATH_CHARS, source_kind
 
-_RETRY_STATUSES = frozenset({429, 503})
-_REASONS = frozenset(get_args(ImageErrorReason))
+__all__ = ["RemoteAuthError", "RemoteReranker", "RemoteRerankerError", "as_reranker", "encode_image"]
+
 _MAGIC = (
     (b"\x89PNG", "image/png"),
     (b"\xff\xd8", "image/jpeg"),
@@ -43,18 +64,6 @@ _MAGIC = (
     (b"II*\x00", "image/tiff"),
     (b"MM\x00*", "image/tiff"),
 )
-
-
-class RemoteRerankerError(LycheeError):
-    """The service could not be reached or failed (transport error, 5xx, auth, still overloaded).
-
-    Attributes:
-        status: The HTTP status, or ``None`` when no answer came.
-    """
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _mime(data: bytes) -> str:
@@ -114,131 +123,154 @@ def _payload(item: Query | Document) -> dict[str, str]:
     return fields
 
 
-def _error_from(response: httpx.Response) -> LycheeError:
-    try:
-        body = response.json()
-        detail = body.get("error", {}) if isinstance(body, dict) else {}
-        message = str(detail.get("message") or body.get("message") or response.text)
-        reason = detail.get("reason")
-    except ValueError:
-        message, reason = response.text[:500], None
-    status = response.status_code
-    if status in (400, 413, 422):
-        if reason in _REASONS:
-            return ImageError(message, reason=cast(ImageErrorReason, reason))
-        return InvalidInputError(message)
-    return RemoteRerankerError(f"the reranking service answered HTTP {status}: {message}", status=status)
+@dataclass(frozen=True)
+class _Request:
+    """One rerank request: its JSON body, encoded once and sent as is on every attempt, and what it asked."""
+
+    content: bytes
+    documents: list[Document]
+    top_n: int | None = None
+    min_score: float | None = None
 
 
 class RemoteReranker(BaseReranker):
     """The service at ``url`` as a :class:`~lychee_rerank.core.Reranker`.
 
     Args:
-        url: The service's base URL, e.g. ``http://gpu-box:8000``.
-        api_key: Sent as ``Authorization: Bearer``; default: ``$LYCHEE_API_KEY``.
-        timeout: Seconds allowed per HTTP attempt.
-        max_retries: Retries on 429, 503 and connection failures.
-        backoff_s: First retry delay; doubles each time (``Retry-After`` wins when the server sends it).
-        max_backoff_s: Cap on one delay.
-        transport: An httpx transport for the sync client (tests); the async client uses ``async_transport``.
-        async_transport: An httpx async transport.
+        url: The service's base URL, e.g. ``http://gpu-box:8000``; or several (replicas without a load
+            balancer, two regions) as a list or comma-separated: calls are spread across them in turn, a
+            failure moves a call to the next, and an endpoint that keeps failing is rested for a while
+            (:mod:`lychee_rerank.core.endpoints`). A ``user:password@`` in a URL is sent as HTTP basic auth
+            (for a proxy in front of the service) and never shown in errors, logs or ``repr``.
+        api_key: Sent as ``Authorization: Bearer``; default: ``$LYCHEE_API_KEY``; empty: none.
+        timeout: Seconds the whole call may take, retries, moves to other endpoints and waits included.
+        max_retries: Retries on 429, 503 and connection failures, and moves to another endpoint after a 5xx,
+            within ``timeout``.
+        backoff_s: First retry delay; doubles each time. A ``Retry-After`` from the service replaces it.
+        max_backoff_s: Cap on one backoff delay (not on a ``Retry-After``, which is what the service asked).
+        dead_backoff_s: How long an endpoint that failed is skipped by later calls; doubles with each failure
+            in a row.
+        max_dead_backoff_s: Cap on that.
+        transport: An httpx transport for the sync client (tests). Without one, the client's own transport
+            cuts every socket operation at the deadline. With one, each attempt gets the time left as its
+            connect/read/write/pool timeouts and the body is checked between chunks, so a server trickling
+            its answer can overrun ``timeout`` by one socket read at most (at most the time that was left
+            when that attempt started). ``HTTP(S)_PROXY`` variables are not used either way.
+        async_transport: The same for the async client.
+
+    Raises:
+        ValueError: No URL, one that is not http(s) or given twice, an API key that cannot travel in a
+            header (non-ASCII, surrounding blanks, control characters), credentials in a URL beside an API
+            key, or a timeout that is not a positive number.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         api_key: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        dead_backoff_s: float = 1.0,
+        max_dead_backoff_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         async_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
-        self.url = url.rstrip("/")
-        key = api_key if api_key is not None else os.environ.get(wire.API_KEY_ENV)
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.timeout = timeout
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        delays = {
+            "backoff_s": backoff_s,
+            "max_backoff_s": max_backoff_s,
+            "dead_backoff_s": dead_backoff_s,
+            "max_dead_backoff_s": max_dead_backoff_s,
+        }
+        for name, value in delays.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        self.timeout = _checked_timeout(timeout)
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._transport = transport
-        self._async_transport = async_transport
-        self._client: httpx.Client | None = None
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        endpoints = parse_endpoints(url)
+        self.urls = tuple(endpoint.base for endpoint in endpoints)
+        self.url = ",".join(self.urls)  # what RemoteReranker(url) takes back
+        key = api_key if api_key is not None else os.environ.get(wire.API_KEY_ENV)
+        headers: dict[str, str] = {}
+        with_credentials = [endpoint.base for endpoint in endpoints if endpoint.auth is not None]
+        if key:
+            wire.check_api_key(key, "api_key" if api_key is not None else wire.API_KEY_ENV)
+            if with_credentials:
+                raise ValueError(
+                    f"{with_credentials[0]}: give either credentials in the URL or an API key (api_key= or "
+                    f"{wire.API_KEY_ENV}), not both: both travel in the Authorization header"
+                )
+            headers["Authorization"] = f"Bearer {key}"
+        self._key_sent = bool(key) or bool(with_credentials)
+        self._pool = EndpointPool(endpoints, dead_backoff_s=dead_backoff_s, max_dead_backoff_s=max_dead_backoff_s)
+        self._connections = Connections(headers, transport, async_transport)
 
     def __repr__(self) -> str:
         return f"RemoteReranker({self.url!r})"
 
-    # -- the shared work: request body, retry decision, response parsing -------------------------
+    def with_timeout(self, seconds: float) -> RemoteReranker:
+        """This reranker with another ``timeout``, sharing its connections and endpoints' health.
 
-    def _body(
+        What adapters' ``timeout_s`` uses.
+
+        Example:
+            >>> reranker.with_timeout(0.5).rerank("q", ["a", "b"])  # doctest: +SKIP
+        """
+        view = copy.copy(self)
+        view.timeout = _checked_timeout(seconds)
+        return view
+
+    def close(self) -> None:
+        """Closes the sync HTTP client, shared with the :meth:`with_timeout` views (async calls open their own)."""
+        self._connections.close()
+
+    # -- one call: the request, the plan its attempts follow, the checked answer -----------------
+
+    def _request(
         self,
         query: QueryLike,
         documents: Sequence[DocumentLike],
         instruction: str | None,
         top_n: int | None = None,
         min_score: float | None = None,
-    ) -> tuple[dict[str, Any], list[Document]]:
+    ) -> _Request:
         parsed = as_documents(documents)
-        body: dict[str, Any] = {
-            "query": _payload(as_query(query)),
-            "documents": [_payload(document) for document in parsed],
-        }
+        body: dict[str, Any] = {"query": _payload(as_query(query)), "documents": [_payload(d) for d in parsed]}
         for name, value in (("instruction", instruction), ("top_n", top_n), ("min_score", min_score)):
             if value is not None:
                 body[name] = value
-        return body, parsed
+        return _Request(json.dumps(body).encode("utf-8"), parsed, top_n, min_score)
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float | None:
-        """Seconds to wait before retrying, or ``None`` when this outcome is final."""
-        if attempt >= self.max_retries:
-            return None
-        if response is not None and response.status_code not in _RETRY_STATUSES:
-            return None
-        delay: float = self.backoff_s * 2**attempt
-        retry_after = str(response.headers.get("retry-after", "")) if response is not None else ""
-        if retry_after.strip().isdigit():
-            delay = float(retry_after)
-        return min(delay, self.max_backoff_s)
+    def _steps(self) -> Plan:
+        policy = Policy(self.timeout, self.max_retries, self.backoff_s, self.max_backoff_s)
+        return plan(policy, self._pool)
 
-    @staticmethod
-    def _results(response: httpx.Response) -> list[tuple[int, float]]:
-        if not response.is_success:
-            raise _error_from(response)
-        try:
-            return [(int(item["index"]), float(item["relevance_score"])) for item in response.json()["results"]]
-        except (ValueError, KeyError, TypeError) as error:
-            raise RemoteRerankerError(f"the service's answer is not a rerank response: {error}") from error
+    def _results(self, request: _Request, answer: Answer) -> list[tuple[int, float]]:
+        return checked_results(
+            answer,
+            documents=len(request.documents),
+            top_n=request.top_n,
+            min_score=request.min_score,
+            where=self.url,
+            key_sent=self._key_sent,
+        )
 
-    @staticmethod
-    def _in_order(pairs: list[tuple[int, float]], count: int) -> list[float]:
-        scores = [float("nan")] * count
-        for index, value in pairs:
+    def _in_order(self, request: _Request, answer: Answer) -> list[float]:
+        scores = [0.0] * len(request.documents)
+        for index, value in self._results(request, answer):
             scores[index] = value
         return scores
 
-    # -- sync -----------------------------------------------------------------------------------
+    def _ranked(self, request: _Request, answer: Answer) -> list[RerankResult]:
+        return [RerankResult(i, s, request.documents[i]) for i, s in self._results(request, answer)]
 
-    def _post(self, body: Mapping[str, Any]) -> httpx.Response:
-        if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout, headers=self._headers, transport=self._transport)
-        attempt = 0
-        while True:
-            try:
-                response = self._client.post(f"{self.url}{wire.RERANK_ROUTE}", json=body)
-            except httpx.TransportError as error:
-                delay = self._delay(attempt, None)
-                if delay is None:
-                    raise RemoteRerankerError(f"the reranking service at {self.url} is unreachable: {error}") from error
-            else:
-                delay = self._delay(attempt, response)
-                if delay is None:
-                    return response
-            time.sleep(delay)
-            attempt += 1
+    # -- the Reranker interface ------------------------------------------------------------------
 
     def score(
         self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
@@ -247,12 +279,14 @@ class RemoteReranker(BaseReranker):
 
         Raises:
             InvalidInputError: The service refused the input (ImageError for images, with its reason).
-            RemoteRerankerError: The service is unreachable, failing or still overloaded after retries.
+            RemoteAuthError: The service refused the API key.
+            RemoteRerankerError: The service is unreachable, failing, still overloaded, did not answer within
+                ``timeout``, or sent an answer that is not a valid rerank response.
         """
-        body, parsed = self._body(query, documents, instruction)
-        if not parsed:
+        request = self._request(query, documents, instruction)
+        if not request.documents:
             return []
-        return self._in_order(self._results(self._post(body)), len(parsed))
+        return self._in_order(request, post(self._steps(), self._connections, request.content))
 
     def rerank(
         self,
@@ -263,46 +297,21 @@ class RemoteReranker(BaseReranker):
         instruction: str | None = None,
         min_score: float | None = None,
     ) -> list[RerankResult]:
-        """Sorted on the service, which also applies ``top_n`` and ``min_score``."""
+        """Sorted on the service, which also applies ``top_n`` and ``min_score``; raises as :meth:`score`."""
         check_rerank_options(top_n, min_score)
-        body, parsed = self._body(query, documents, instruction, top_n, min_score)
-        if not parsed:
+        request = self._request(query, documents, instruction, top_n, min_score)
+        if not request.documents:
             return []
-        return [RerankResult(index, value, parsed[index]) for index, value in self._results(self._post(body))]
-
-    # -- async ----------------------------------------------------------------------------------
-
-    async def _apost(self, body: Mapping[str, Any]) -> httpx.Response:
-        # A client per call: an AsyncClient is bound to the event loop it first ran on.
-        async with httpx.AsyncClient(
-            timeout=self.timeout, headers=self._headers, transport=self._async_transport
-        ) as client:
-            attempt = 0
-            while True:
-                try:
-                    response = await client.post(f"{self.url}{wire.RERANK_ROUTE}", json=body)
-                except httpx.TransportError as error:
-                    delay = self._delay(attempt, None)
-                    if delay is None:
-                        raise RemoteRerankerError(
-                            f"the reranking service at {self.url} is unreachable: {error}"
-                        ) from error
-                else:
-                    delay = self._delay(attempt, response)
-                    if delay is None:
-                        await response.aread()
-                        return response
-                await asyncio.sleep(delay)
-                attempt += 1
+        return self._ranked(request, post(self._steps(), self._connections, request.content))
 
     async def ascore(
         self, query: QueryLike, documents: Sequence[DocumentLike], *, instruction: str | None = None
     ) -> list[float]:
         """``score`` with an async HTTP client: no thread, the event loop keeps running."""
-        body, parsed = self._body(query, documents, instruction)
-        if not parsed:
+        request = self._request(query, documents, instruction)
+        if not request.documents:
             return []
-        return self._in_order(self._results(await self._apost(body)), len(parsed))
+        return self._in_order(request, await apost(self._steps(), self._connections, request.content))
 
     async def arerank(
         self,
@@ -315,16 +324,16 @@ class RemoteReranker(BaseReranker):
     ) -> list[RerankResult]:
         """``rerank`` with an async HTTP client."""
         check_rerank_options(top_n, min_score)
-        body, parsed = self._body(query, documents, instruction, top_n, min_score)
-        if not parsed:
+        request = self._request(query, documents, instruction, top_n, min_score)
+        if not request.documents:
             return []
-        return [RerankResult(index, value, parsed[index]) for index, value in self._results(await self._apost(body))]
+        return self._ranked(request, await apost(self._steps(), self._connections, request.content))
 
-    def close(self) -> None:
-        """Closes the sync HTTP client (the async path opens one per call)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+
+def _checked_timeout(timeout: object) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
 
 
 def as_reranker(reranker: Reranker | str) -> Reranker:

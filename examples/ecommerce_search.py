@@ -19,6 +19,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed("examples/ecommerce_search.py", {"torch": "local", "transformers": "local"})
+
 from lychee_rerank.adapters.demo.drawing import draw_product
 from lychee_rerank.adapters.demo.table import ranking_table
 from lychee_rerank.core import Document, LocalReranker, LycheeError, Query

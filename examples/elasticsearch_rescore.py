@@ -30,12 +30,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed("examples/elasticsearch_rescore.py", {"elasticsearch": "elasticsearch"})
+
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from lychee_rerank.adapters.demo.corpus import ensure_corpus
 from lychee_rerank.adapters.demo.table import ranking_table
 from lychee_rerank.adapters.elasticsearch import HIT_KEY, RESPONSE_KEY, ElasticsearchRescorer
-from lychee_rerank.core import LocalReranker, LycheeError, Reranker, as_reranker
+from lychee_rerank.core import LycheeError, Reranker, as_reranker
 from lychee_rerank.plugins.elasticsearch import install_inference_endpoint, text_similarity_reranker_body
 
 INDEX = "lychee-example-products"
@@ -125,6 +130,14 @@ def server_side(client: Elasticsearch, args: argparse.Namespace) -> None:
     print(ranking_table(_rows(response["hits"]["hits"]), text_width=80))
 
 
+def local_reranker(model: str, device: str | None) -> Reranker:
+    """The model in this process: needs the [local] extra (torch), which the service URL does not."""
+    exit_unless_installed("--model", {"torch": "local", "transformers": "local"})
+    from lychee_rerank.core import LocalReranker
+
+    return LocalReranker(model=model, device=device)
+
+
 def run(args: argparse.Namespace, corpus: Path) -> int:
     client = Elasticsearch(args.es_url, request_timeout=120)
     try:
@@ -135,9 +148,7 @@ def run(args: argparse.Namespace, corpus: Path) -> int:
         if args.server_side:
             server_side(client, args)
         else:
-            reranker = (
-                LocalReranker(model=args.model, device=args.device) if args.model else as_reranker(args.rerank_url)
-            )
+            reranker = local_reranker(args.model, args.device) if args.model else as_reranker(args.rerank_url)
             client_side(client, reranker, args)
     finally:
         client.close()

@@ -23,6 +23,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed(
+    "examples/langchain_rag.py", {"langchain_core": "langchain", "torch": "local", "transformers": "local"}
+)
+
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate

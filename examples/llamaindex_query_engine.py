@@ -20,6 +20,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed(
+    "examples/llamaindex_query_engine.py", {"llama_index.core": "llamaindex", "torch": "local", "transformers": "local"}
+)
+
 from llama_index.core.llms.mock import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.retrievers import BaseRetriever

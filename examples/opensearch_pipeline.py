@@ -34,13 +34,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed("examples/opensearch_pipeline.py", {"opensearchpy": "opensearch"})
+
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import OpenSearchException
 
 from lychee_rerank.adapters.demo.corpus import ensure_corpus
 from lychee_rerank.adapters.demo.table import ranking_table
 from lychee_rerank.adapters.opensearch import HIT_KEY, RESPONSE_KEY, OpenSearchRescorer
-from lychee_rerank.core import LocalReranker, LycheeError, Reranker, as_reranker
+from lychee_rerank.core import LycheeError, Reranker, as_reranker
 from lychee_rerank.plugins.opensearch import install_rerank_pipeline, rerank_search_body
 
 INDEX = "lychee-example-products"
@@ -118,9 +123,17 @@ def pipeline(client: OpenSearch, args: argparse.Namespace) -> None:
     print(ranking_table(_rows(response["hits"]["hits"][: args.size]), text_width=80))
 
 
+def local_reranker(model: str, device: str | None) -> Reranker:
+    """The model in this process: needs the [local] extra (torch), which the service URL does not."""
+    exit_unless_installed("--model", {"torch": "local", "transformers": "local"})
+    from lychee_rerank.core import LocalReranker
+
+    return LocalReranker(model=model, device=device)
+
+
 def build_reranker(args: argparse.Namespace) -> Reranker:
     """A model in this process when ``--model`` is given, else the service at ``--rerank-url``."""
-    return LocalReranker(model=args.model, device=args.device) if args.model else as_reranker(args.rerank_url)
+    return local_reranker(args.model, args.device) if args.model else as_reranker(args.rerank_url)
 
 
 def client_side(client: OpenSearch, args: argparse.Namespace) -> None:

@@ -33,13 +33,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lychee_rerank.core.extras import exit_unless_installed
+
+# Before the imports below, so a missing framework is one line naming its extra, not a traceback.
+exit_unless_installed("examples/qdrant_hybrid_rerank.py", {"qdrant_client": "qdrant"})
+
 from qdrant_client import QdrantClient, models
 
 from lychee_rerank.adapters.demo.corpus import CorpusItem, ensure_corpus
 from lychee_rerank.adapters.demo.sparse import BM25
 from lychee_rerank.adapters.demo.table import ranking_table
 from lychee_rerank.adapters.qdrant import FIRST_STAGE_SCORE_KEY, RERANK_FAILED_KEY, QdrantReranker
-from lychee_rerank.core import LocalReranker, LycheeError, Reranker, as_reranker
+from lychee_rerank.core import LycheeError, Reranker, as_reranker
 
 COLLECTION = "lychee_hybrid_example"
 DENSE_SIZE = 256
@@ -108,10 +113,18 @@ def hybrid_arguments(query: str, bm25: BM25, kind: str | None) -> dict[str, Any]
     return arguments
 
 
+def local_reranker(model: str, device: str | None) -> Reranker:
+    """The model in this process: needs the [local] extra (torch), which the service URL does not."""
+    exit_unless_installed("--model", {"torch": "local", "transformers": "local"})
+    from lychee_rerank.core import LocalReranker
+
+    return LocalReranker(model=model, device=device)
+
+
 def build_reranker(model: str | None, device: str | None, rerank_url: str) -> Reranker:
     """A model in this process when ``--model`` is given, else the service at ``rerank_url``."""
     if model:
-        return LocalReranker(model=model, device=device)
+        return local_reranker(model, device)
     return as_reranker(rerank_url)
 
 

@@ -98,6 +98,21 @@ def test_endpoint_install_search_and_uninstall(es: Elasticsearch, index: str, re
         assert scores == sorted(scores, reverse=True)
         if REAL_MODEL:
             assert hits[0]["_id"] == "paris"
+
+        # min_score is compared with the raw p before the shift: a threshold between two probabilities
+        # keeps exactly the hits above it (TextSimilarityRankFeaturePhaseRankCoordinatorContext.preprocess).
+        probabilities = [score - 1.0 for score in scores]
+        threshold = (probabilities[0] + probabilities[-1]) / 2
+        body = text_similarity_reranker_body(
+            {"match": {"text": QUERY}},
+            field="text",
+            inference_text=QUERY,
+            inference_id=inference_id,
+            rank_window_size=10,
+            min_probability=threshold,
+        )
+        kept = [float(str(hit["_score"])) - 1.0 for hit in es.search(index=index, size=4, **body)["hits"]["hits"]]
+        assert kept == pytest.approx([p for p in probabilities if p >= threshold], abs=1e-6)
     finally:
         delete_inference_endpoint(es, inference_id=inference_id)
     assert not check_inference_endpoint(es, inference_id=inference_id, probe=False).exists

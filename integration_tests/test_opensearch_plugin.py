@@ -70,6 +70,9 @@ def test_pipeline_install_search_and_uninstall(client: OpenSearch, index: str, r
         )
         assert first.actions["connector"] == "created"
         assert first.actions["pipeline"] == "created"
+        # install ends with a test rerank and a real search through the pipeline (a temporary index).
+        assert first.check is not None
+        assert first.check.ok, first.check.problems
         again = install_rerank_pipeline(
             client, rerank_url_from_engine, document_fields=["text"], name=name, api_key=api_key
         )

@@ -286,13 +286,31 @@ def text_similarity_reranker_body(
     inference_text: str,
     inference_id: str = DEFAULT_INFERENCE_ID,
     rank_window_size: int = 50,
-    min_score: float | None = None,
+    min_probability: float | None = None,
 ) -> dict[str, Any]:
     """Search keyword arguments whose ``retriever`` reranks the first ``rank_window_size`` hits of ``query``.
 
     Pass them to ``client.search(index=..., **body)`` or send them as the JSON body of ``_search``.
-    ``field`` holds the text (or the ``{"text", "image"}`` JSON string) the service scores; scores come back
-    normalised by Elasticsearch (``max(s, 0) + min(exp(s), 1)``), so a probability ``p`` becomes ``1 + p``.
+    ``field`` holds the text (or the ``{"text", "image"}`` JSON string) the service scores.
+
+    Scores come back shifted: Elasticsearch turns each score ``s`` into ``max(s, 0) + min(exp(s), 1)``, so the
+    service's probability ``p`` becomes ``1 + p``. The retriever's ``min_score`` is compared with the raw
+    ``p`` *before* that shift (``TextSimilarityRankFeaturePhaseRankCoordinatorContext.preprocess`` in
+    elastic/elasticsearch), so a threshold is given in the service's own [0, 1] units: ``min_probability=0.5``
+    keeps the hits the service scored 0.5 or more, which come back with scores of 1.5 or more.
+    (``min_score: 1.5`` sent to Elasticsearch would drop every hit.)
+
+    Args:
+        query: The first-stage query.
+        field: The ``_source`` field sent to the service.
+        inference_text: The query text the service scores against.
+        inference_id: The inference endpoint (``install_inference_endpoint``).
+        rank_window_size: How many first-stage hits are reranked.
+        min_probability: Drop hits the service scored below this probability, in [0, 1]; sent as the
+            retriever's ``min_score``.
+
+    Raises:
+        LycheeError: ``rank_window_size`` below 1, or ``min_probability`` outside [0, 1].
 
     Example:
         >>> body = text_similarity_reranker_body({"match": {"text": "shoes"}}, field="text", inference_text="shoes")
@@ -308,8 +326,14 @@ def text_similarity_reranker_body(
         "inference_text": inference_text,
         "rank_window_size": rank_window_size,
     }
-    if min_score is not None:
-        reranker["min_score"] = min_score
+    if min_probability is not None:
+        if isinstance(min_probability, bool) or not 0.0 <= min_probability <= 1.0:
+            raise LycheeError(
+                f"min_probability is the service's probability, in [0, 1], got {min_probability!r}; Elasticsearch "
+                "compares min_score with the raw probability p, before it shifts scores to 1 + p "
+                "(for hits returned with scores of 1.5 or more, give 0.5)"
+            )
+        reranker["min_score"] = float(min_probability)
     return {"retriever": {"text_similarity_reranker": reranker}}
 
 

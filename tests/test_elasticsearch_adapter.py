@@ -25,8 +25,9 @@ from lychee_rerank.adapters.elasticsearch import (
     AsyncElasticsearchRescorer,
     ElasticsearchRescorer,
 )
-from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
+from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query, RemoteReranker
 from lychee_rerank.core.testing.fakes import TableReranker
+from lychee_rerank.core.testing.servers import LoopbackServer, Reply
 
 # First-stage scores descend; the stub's rerank scores are dyadic so hand-computed sums are exact.
 CORPUS = [
@@ -202,7 +203,8 @@ def test_page_past_the_window_keeps_first_stage_hits_behind_it(cluster: FakeClus
     assert len(stub.calls[0][1]) == 3
 
 
-def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: TableReranker) -> None:
+def test_hits_past_the_window_are_sorted_with_the_window_as_query_rescorer_combine(stub: TableReranker) -> None:
+    """elastic/elasticsearch QueryRescorer.combine: past the window ``score *= queryWeight``, then all re-sorted."""
     corpus = [
         {"_id": "a", "_score": 1.0, "_source": {"title": "alpha"}},
         {"_id": "b", "_score": 1.0, "_source": {"title": "beta"}},
@@ -212,7 +214,46 @@ def test_hits_past_the_window_stay_behind_even_with_higher_scores(stub: TableRer
         sync_client(cluster), stub, text_fields=("title",), window_size=1, score_mode="multiply"
     )
     response = rescorer.search(index="docs", query=QUERY)
+    assert _ids_and_scores(response) == [("b", 1.0), ("a", 0.25)]
+
+
+def test_keep_window_on_top_keeps_hits_past_the_window_behind(stub: TableReranker) -> None:
+    corpus = [
+        {"_id": "a", "_score": 1.0, "_source": {"title": "alpha"}},
+        {"_id": "b", "_score": 1.0, "_source": {"title": "beta"}},
+    ]
+    cluster = FakeCluster(corpus)
+    rescorer = ElasticsearchRescorer(
+        sync_client(cluster),
+        stub,
+        text_fields=("title",),
+        window_size=1,
+        score_mode="multiply",
+        keep_window_on_top=True,
+    )
+    response = rescorer.search(index="docs", query=QUERY)
     assert _ids_and_scores(response) == [("a", 0.25), ("b", 1.0)]
+    per_search = ElasticsearchRescorer(sync_client(cluster), stub, text_fields=("title",))
+    block = {"window_size": 1, "lychee": {"score_mode": "multiply", "keep_window_on_top": True}}
+    assert _ids_and_scores(per_search.search(index="docs", query=QUERY, rescore=block)) == [("a", 0.25), ("b", 1.0)]
+
+
+def test_negative_query_weight_reorders_hits_past_the_window_as_elasticsearch_does() -> None:
+    """QueryRescorer.combine multiplies the hits past the window by a negative weight too, then sorts."""
+    corpus = [
+        {"_id": name, "_score": score, "_source": {"title": name}}
+        for name, score in (("a", 3.0), ("b", 2.0), ("c", 1.0))
+    ]
+    rescorer = ElasticsearchRescorer(
+        sync_client(FakeCluster(corpus)),
+        stub_reranker({"a": 0.5, "b": 0.5, "c": 0.5}),
+        text_fields=("title",),
+        window_size=1,
+        query_weight=-1.0,
+    )
+    response = rescorer.search(index="docs", query=QUERY)
+    # c: -1.0 and b: -2.0 past the window; a: -3.0 + 0.5 stays below both.
+    assert [hit["_id"] for hit in response["hits"]["hits"]] == ["c", "b", "a"]
 
 
 def test_page_beyond_all_hits_is_empty(cluster: FakeCluster, stub: TableReranker) -> None:
@@ -331,6 +372,26 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
     assert response["hits"]["hits"][0][HIT_KEY] == {"original_score": 4.0, "rerank_score": None}
     assert response["hits"]["hits"][0]["_source"] == {"price": 10}
     assert "reranking failed" in caplog.text
+
+
+async def test_a_refused_api_key_is_reported_in_the_response_and_logged_as_an_error(
+    cluster: FakeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"error": {"type": "unauthorized", "message": "missing or wrong API key", "status": 401}}
+    with LoopbackServer(lambda number, request: Reply.json(401, body)) as server, caplog.at_level(logging.WARNING):
+        reranker = RemoteReranker(server.url, api_key="wrong")
+        response = ElasticsearchRescorer(sync_client(cluster), reranker, text_fields=("title",)).search(
+            index="docs", query=QUERY, size=2, rescore=BLOCK
+        )
+        asynchronous = await AsyncElasticsearchRescorer(async_client(cluster), reranker, text_fields=("title",)).search(
+            index="docs", query=QUERY, size=2, rescore=BLOCK
+        )
+    for answered in (response, asynchronous):
+        assert answered[RESPONSE_KEY]["reranked"] is False
+        assert answered[RESPONSE_KEY]["error"].startswith("RemoteAuthError:")
+        assert "LYCHEE_API_KEY" in answered[RESPONSE_KEY]["error"]
+        assert _ids_and_scores(answered) == [("d1", 4.0), ("d2", 3.0)]
+    assert {record.levelno for record in caplog.records} == {logging.ERROR}
 
 
 def test_fail_closed_raises_the_rerankers_error(cluster: FakeCluster) -> None:

@@ -23,9 +23,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from pydantic import ValidationError
 
-from lychee_rerank.adapters.langchain import LycheeRerank
-from lychee_rerank.core import Document, ImageError, LocalReranker, Query
+from lychee_rerank.adapters.langchain import RERANK_ERROR_KEY, RERANK_FAILED_KEY, LycheeRerank
+from lychee_rerank.core import Document, ImageError, LocalReranker, Query, RemoteReranker
 from lychee_rerank.core.testing.fakes import FailingReranker, SlowReranker
+from lychee_rerank.core.testing.servers import LoopbackServer, Reply
 
 
 class ListRetriever(BaseRetriever):
@@ -267,3 +268,37 @@ def test_importing_without_langchain_names_the_extra(monkeypatch: pytest.MonkeyP
     monkeypatch.delitem(sys.modules, "lychee_rerank.adapters.langchain")
     with pytest.raises(ImportError, match=r"lychee-rerank\[langchain\]"):
         importlib.import_module("lychee_rerank.adapters.langchain")
+
+
+def refusing_service() -> LoopbackServer:
+    """A loopback server answering every request 401, as the service does for a wrong API key."""
+    body = {"error": {"type": "unauthorized", "message": "missing or wrong API key", "status": 401}}
+    return LoopbackServer(lambda number, request: Reply.json(401, body))
+
+
+async def test_a_refused_api_key_is_reported_in_the_metadata_and_logged_as_an_error(
+    documents: list[LangChainDocument], caplog: pytest.LogCaptureFixture
+) -> None:
+    with refusing_service() as server, caplog.at_level(logging.WARNING):
+        compressor = LycheeRerank(reranker=RemoteReranker(server.url, api_key="wrong"), top_n=2)
+        kept = compressor.compress_documents(documents, "dress")
+        asynchronous = await compressor.acompress_documents(documents, "dress")
+    assert [document.metadata["sku"] for document in kept] == [1, 2]
+    for document in [*kept, *asynchronous]:
+        assert document.metadata[RERANK_FAILED_KEY] is True
+        assert document.metadata[RERANK_ERROR_KEY].startswith("RemoteAuthError:")
+        assert "LYCHEE_API_KEY" in document.metadata[RERANK_ERROR_KEY]
+    assert {record.levelno for record in caplog.records} == {logging.ERROR}
+
+
+async def test_timeout_s_against_a_service_that_never_answers_fails_open_in_time(
+    documents: list[LangChainDocument],
+) -> None:
+    with LoopbackServer(lambda number, request: None) as server:
+        compressor = LycheeRerank(reranker=server.url, top_n=1, timeout_s=0.5)
+        started = time.monotonic()
+        kept = compressor.compress_documents(documents, "dress")
+        late = await compressor.acompress_documents(documents, "dress")
+        assert time.monotonic() - started <= 2 * 0.5 + 1.0  # a correctness bound with wide slack
+    assert [document.metadata[RERANK_FAILED_KEY] for document in [*kept, *late]] == [True, True]
+    assert "did not answer within timeout=0.5 s" in kept[0].metadata[RERANK_ERROR_KEY]

@@ -20,9 +20,10 @@ from llama_index.core.llms import MockLLM
 from llama_index.core.schema import ImageNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
 from pydantic import ValidationError
 
-from lychee_rerank.adapters.llamaindex import LycheeRerank
-from lychee_rerank.core import Document, ImageError, InvalidInputError, LocalReranker, Query
+from lychee_rerank.adapters.llamaindex import RERANK_ERROR_KEY, RERANK_FAILED_KEY, LycheeRerank
+from lychee_rerank.core import Document, ImageError, InvalidInputError, LocalReranker, Query, RemoteReranker
 from lychee_rerank.core.testing.fakes import FailingReranker, SlowReranker
+from lychee_rerank.core.testing.servers import LoopbackServer, Reply
 
 
 @pytest.fixture
@@ -237,3 +238,20 @@ def test_importing_without_llama_index_names_the_extra(monkeypatch: pytest.Monke
     monkeypatch.delitem(sys.modules, "lychee_rerank.adapters.llamaindex")
     with pytest.raises(ImportError, match=r"lychee-rerank\[llamaindex\]"):
         importlib.import_module("lychee_rerank.adapters.llamaindex")
+
+
+async def test_a_refused_api_key_is_reported_in_the_node_metadata_and_logged_as_an_error(
+    nodes: list[TextNode], caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"error": {"type": "unauthorized", "message": "missing or wrong API key", "status": 401}}
+    first_stage = with_scores(nodes)
+    with LoopbackServer(lambda number, request: Reply.json(401, body)) as server, caplog.at_level(logging.WARNING):
+        rerank = LycheeRerank(reranker=RemoteReranker(server.url, api_key="wrong"), top_n=2, timeout_s=5.0)
+        kept = rerank.postprocess_nodes(first_stage, query_str="q")
+        asynchronous = await rerank.apostprocess_nodes(first_stage, query_str="q")
+    assert [node.node.id_ for node in kept] == [node.node.id_ for node in first_stage[:2]]
+    for node in [*kept, *asynchronous]:
+        assert node.node.metadata[RERANK_FAILED_KEY] is True
+        assert node.node.metadata[RERANK_ERROR_KEY].startswith("RemoteAuthError:")
+    assert all(RERANK_ERROR_KEY not in node.node.metadata for node in first_stage)
+    assert {record.levelno for record in caplog.records} == {logging.ERROR}

@@ -201,10 +201,11 @@ async def test_async_client_rescores_the_same_way(cluster: FakeCluster) -> None:
     rescorer = AsyncOpenSearchRescorer(client, stub_reranker(), text_fields=("title",))
     body = {"query": QUERY, "size": 4, "_source": ["price"], "rescore": {**BLOCK, "lychee": {"score_mode": "min"}}}
     response = await rescorer.search(index="docs", body=body)
-    # min of (original * 1, rerank * 1): d1 0.25, d2 0.75, d3 0.875; d4 keeps 1.0 behind the window.
-    assert _ids_and_scores(response) == [("d3", 0.875), ("d2", 0.75), ("d1", 0.25), ("d4", 1.0)]
+    # min of (original * 1, rerank * 1): d1 0.25, d2 0.75, d3 0.875; d4 scores 1.0 past the window and is
+    # sorted with them, as the query rescorer's combine does.
+    assert _ids_and_scores(response) == [("d4", 1.0), ("d3", 0.875), ("d2", 0.75), ("d1", 0.25)]
     assert cluster.requests[0][3] == {"query": QUERY, "size": 4, "_source": {"includes": ["price", "title"]}}
-    assert response["hits"]["hits"][0]["_source"] == {"price": 30}
+    assert response["hits"]["hits"][1]["_source"] == {"price": 30}
     await client.close()
 
 

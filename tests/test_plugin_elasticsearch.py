@@ -304,7 +304,11 @@ def test_delete_says_whether_there_was_an_endpoint(server: FakeElasticsearch, cl
 
 def test_retriever_body_reaches_search_unchanged(server: FakeElasticsearch, client: Elasticsearch) -> None:
     body = text_similarity_reranker_body(
-        {"match": {"text": "red shoes"}}, field="text", inference_text="red shoes", rank_window_size=20, min_score=0.5
+        {"match": {"text": "red shoes"}},
+        field="text",
+        inference_text="red shoes",
+        rank_window_size=20,
+        min_probability=0.5,
     )
     assert body == {
         "retriever": {
@@ -322,6 +326,14 @@ def test_retriever_body_reaches_search_unchanged(server: FakeElasticsearch, clie
     client.search(index="docs", **body)
 
     assert server.calls("POST") == [("/docs/_search", body)]
+
+
+@pytest.mark.parametrize("threshold", [1.5, -0.1, True])
+def test_retriever_threshold_is_a_probability_because_min_score_is_compared_before_the_shift(threshold: float) -> None:
+    """elastic/elasticsearch TextSimilarityRankFeaturePhaseRankCoordinatorContext.preprocess: ``doc.score >=
+    minScore`` is tested on the raw score, then ``normalizeScore`` makes p into 1 + p; 1.5 would drop every hit."""
+    with pytest.raises(LycheeError, match=r"in \[0, 1\].*before it shifts scores to 1 \+ p"):
+        text_similarity_reranker_body({"match_all": {}}, field="text", inference_text="q", min_probability=threshold)
 
 
 def test_retriever_window_must_be_positive() -> None:

@@ -1,8 +1,12 @@
 """Contract tests of the OpenSearch plugin: opensearch-py over a fake connection records every request.
 
 The fake connection (the client's ``connection_class=``) answers from a small in-memory model of ml-commons,
-the search-pipeline API and the cluster settings, with the refusals of the real thing that matter here:
-a connector URL outside the trusted regexes, deleting a deployed model or a connector still in use.
+the search-pipeline API, indices and the cluster settings, with the refusals of the real thing that matter
+here: a connector URL outside the trusted regexes, deleting a deployed model or a connector still in use, and
+a service host the cluster resolves to a private address without ``private_ip_enabled``
+(ml-commons ``MLValidatableAsyncHttpClient.validateIp``). Its rerank processor joins ``document_fields`` with
+no separator, as neural-search's ``DocumentContextSourceFetcher`` does. Host names are resolved from a table,
+never by DNS.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from lychee_rerank.plugins.opensearch import (
     uninstall_rerank_pipeline,
 )
 from lychee_rerank.plugins.opensearch.cli import register
+from lychee_rerank.plugins.opensearch.network import is_private_address
 
 TRUSTED = "plugins.ml_commons.trusted_connector_endpoints_regex"
 PRIVATE_IP = "plugins.ml_commons.connector.private_ip_enabled"
@@ -58,6 +63,21 @@ EXPECTED_CONNECTOR = {
 }
 
 
+# What host names resolve to, here and (unless a test says otherwise) from the cluster.
+DNS: dict[str, list[str]] = {
+    "rerank": ["10.0.0.7"],
+    "rerank-2": ["10.0.0.8"],
+    "rerank.example.com": ["93.184.216.34"],
+    "rerank.search.svc.cluster.local": [],  # does not resolve outside the cluster
+}
+
+
+def resolve(host: str, port: int) -> list[str]:
+    if host not in DNS or not DNS[host]:
+        raise OSError(f"cannot resolve {host}")
+    return DNS[host]
+
+
 class FakeOpenSearch:
     """Just enough of OpenSearch with ml-commons and neural-search for the plugin's requests."""
 
@@ -77,6 +97,10 @@ class FakeOpenSearch:
         self.deploy_error: str | None = None
         self.scores = [0.25, 0.75]
         self.indices: set[str] = set()
+        self.cluster_dns: dict[str, list[str]] = {host: list(addresses) for host, addresses in DNS.items()}
+        self.cluster_dns["rerank.search.svc.cluster.local"] = ["10.96.0.12"]
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.reranked_texts: list[list[str]] = []
         self._ids = (f"id{n}" for n in itertools.count(1))
 
     def calls(self, method: str, pattern: str = ".*") -> list[tuple[str, Any]]:
@@ -100,9 +124,61 @@ class FakeOpenSearch:
         pipeline = re.fullmatch(r"/_search/pipeline/([^/]+)", path)
         if pipeline:
             return self._pipeline(method, pipeline[1], body)
+        if path.startswith("/_ingest/pipeline/"):
+            return self._ingest(method, path.rsplit("/", 1)[1], body)
         if method in ("GET", "POST") and path.endswith("/_search"):
-            return 200, {"hits": {"total": {"value": 1, "relation": "eq"}, "hits": [{"_id": "1", "_score": 0.9}]}}
+            return self._search(path.split("/")[1], params.get("search_pipeline"))
+        document = re.fullmatch(r"/([^/_][^/]*)/_doc/([^/]+)", path)
+        if document and method == "PUT":
+            self.documents.setdefault(document[1], {})[document[2]] = body
+            return 201, {"result": "created"}
+        index = re.fullmatch(r"/([^/_][^/]*)", path)
+        if index and method == "PUT":
+            self.documents[index[1]] = {}
+            return 200, {"acknowledged": True}
+        if index and method == "DELETE":
+            if self.documents.pop(index[1], None) is None:
+                return 404, {"error": {"type": "index_not_found_exception", "reason": "no such index"}}
+            return 200, {"acknowledged": True}
         return 400, {"error": {"type": "illegal_argument_exception", "reason": f"no handler for {method} {path}"}}
+
+    def _refuses_host(self, model_id: str) -> str | None:
+        """ml-commons' validateIp, from the cluster's point of view (its own DNS table)."""
+        connector = self.connectors.get(self.models.get(model_id, {}).get("connector_id", ""))
+        if connector is None:
+            return None
+        host = re.sub(r"^https?://([^:/]+).*$", r"\1", connector["actions"][0]["url"])
+        addresses = self.cluster_dns.get(host, [host] if re.fullmatch(r"[\d.]+", host) else [])
+        allowed = str(self.persistent.get(PRIVATE_IP, "false")).lower() == "true"
+        if any(is_private_address(address) for address in addresses) and not allowed:
+            return f"Remote inference host name has private ip address: {host}"
+        return None
+
+    def _search(self, index: str, pipeline_id: str | None) -> tuple[int, Any]:
+        documents = self.documents.get(index, {})
+        hits = [{"_id": key, "_score": 1.0, "_source": source} for key, source in documents.items()]
+        if pipeline_id is not None:
+            if pipeline_id not in self.pipelines:
+                return 404, {"error": {"type": "resource_not_found_exception", "reason": "pipeline missing"}}
+            rerank = self.pipelines[pipeline_id]["response_processors"][0]["rerank"]
+            refusal = self._refuses_host(rerank["ml_opensearch"]["model_id"])
+            if refusal:
+                return 400, {"error": {"type": "illegal_argument_exception", "reason": refusal}}
+            fields = rerank["context"]["document_fields"]
+            # DocumentContextSourceFetcher: each field's value appended, with no separator.
+            self.reranked_texts.append(["".join(str(_dig(hit["_source"], f) or "") for f in fields) for hit in hits])
+            for hit, score in zip(hits, self.scores, strict=False):
+                hit["_score"] = score
+        return 200, {"hits": {"total": {"value": len(hits), "relation": "eq"}, "hits": hits}}
+
+    def _ingest(self, method: str, pipeline_id: str, body: Any) -> tuple[int, Any]:
+        store = self.__dict__.setdefault("ingest_pipelines", {})
+        if method == "PUT":
+            store[pipeline_id] = body
+            return 200, {"acknowledged": True}
+        if pipeline_id not in store:
+            return 404, {}
+        return 200, {pipeline_id: store[pipeline_id]}
 
     def _trusted(self, url: str) -> bool:
         patterns = self.persistent.get(TRUSTED, self.defaults[TRUSTED])
@@ -187,6 +263,9 @@ class FakeOpenSearch:
             return 200, {"result": "deleted"}
         predict = re.fullmatch(r"_predict/text_similarity/([^/]+)", rest)
         if predict and method == "POST":
+            refusal = self._refuses_host(predict[1])
+            if refusal:
+                return 400, {"error": {"type": "illegal_argument_exception", "reason": refusal}}
             outputs = [{"name": "similarity", "data_type": "FLOAT32", "shape": [1], "data": [s]} for s in self.scores]
             return 200, {"inference_results": [{"output": outputs}]}
         return 400, {"error": {"type": "illegal_argument_exception", "reason": f"no handler for {method} {rest}"}}
@@ -211,6 +290,13 @@ class FakeOpenSearch:
             return 200, {pipeline_id: self.pipelines[pipeline_id]}
         del self.pipelines[pipeline_id]
         return 200, {"acknowledged": True}
+
+
+def _dig(source: dict[str, Any], path: str) -> Any:
+    value: Any = source
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def _pipeline_model(body: dict[str, Any]) -> str | None:
@@ -256,7 +342,7 @@ def client(server: FakeOpenSearch) -> OpenSearch:
 
 
 def install(client: OpenSearch, url: str = "http://rerank:8000", **options: Any) -> Any:
-    return install_rerank_pipeline(client, url, poll_interval_s=0, **options)
+    return install_rerank_pipeline(client, url, poll_interval_s=0, resolver=resolve, **options)
 
 
 # -- the bodies ------------------------------------------------------------------------------------------------
@@ -330,10 +416,20 @@ def test_public_host_leaves_private_ips_off(server: FakeOpenSearch, client: Open
     assert server.persistent == {TRUSTED: [*DEFAULT_TRUSTED, "^https://rerank\\.example\\.com/.*$"]}
 
 
-def test_private_ip_setting_is_not_sent_to_clusters_without_it() -> None:
-    server = FakeOpenSearch(version="2.12.0", private_ip_setting=False)
-    install(client_for(server), "http://10.0.0.5:8000")
+def test_private_host_on_a_cluster_without_the_setting_is_refused_with_the_reason() -> None:
+    """ml-commons before 2.15 (MLHttpClientFactory.validateIp) refuses private hosts with no setting to allow them."""
+    server = FakeOpenSearch(version="2.14.0", private_ip_setting=False)
+    with pytest.raises(LycheeError, match=r"10\.0\.0\.5 is an IP address.*OpenSearch 2\.14 refuses.*came with 2\.15"):
+        install(client_for(server), "http://10.0.0.5:8000")
     assert PRIVATE_IP not in server.persistent
+    assert server.connectors == {}
+
+
+def test_no_private_ip_installs_on_an_old_cluster_when_told(server: FakeOpenSearch) -> None:
+    old = FakeOpenSearch(version="2.14.0", private_ip_setting=False)
+    old.cluster_dns["rerank"] = ["52.1.2.3"]  # split-horizon DNS: public from the cluster's side
+    install(client_for(old), allow_private_ip=False)
+    assert PRIVATE_IP not in old.persistent
 
 
 def test_trusted_regex_matches_only_the_service() -> None:
@@ -394,7 +490,7 @@ def test_second_install_changes_nothing(server: FakeOpenSearch, client: OpenSear
         "pipeline": "unchanged",
     }
     writes = [(m, p) for m, p, _, _ in server.requests[before:] if m in ("PUT", "DELETE") or "_create" in p]
-    assert writes == []
+    assert [write for write in writes if not write[1].startswith("/lychee-rerank-probe-")] == []
     assert len(server.connectors) == 1
     assert len(server.models) == 1
 
@@ -465,7 +561,7 @@ def test_locked_down_trusted_list_gets_the_service_appended(server: FakeOpenSear
 
 
 def test_check_finds_every_part_and_probes(server: FakeOpenSearch, client: OpenSearch) -> None:
-    result = install(client)
+    result = install(client, verify=False)
 
     status = check_rerank_pipeline(client)
 
@@ -520,6 +616,7 @@ def test_uninstall_removes_everything_in_order_and_twice_is_harmless(
 
 
 def test_search_body_reaches_search_with_the_pipeline(server: FakeOpenSearch, client: OpenSearch) -> None:
+    install(client)
     body = rerank_search_body({"match": {"text": "red shoes"}}, query_text="red shoes", size=30)
     assert body == {
         "query": {"match": {"text": "red shoes"}},
@@ -538,7 +635,11 @@ def test_search_body_reaches_search_with_the_pipeline(server: FakeOpenSearch, cl
 
 def run_cli(server: FakeOpenSearch, *argv: str) -> int:
     parser = argparse.ArgumentParser(prog="lychee-rerank")
-    register(parser.add_subparsers(dest="command", required=True), client_factory=lambda args: client_for(server))
+    register(
+        parser.add_subparsers(dest="command", required=True),
+        client_factory=lambda args: client_for(server),
+        resolver=resolve,
+    )
     args = parser.parse_args(["opensearch", *argv])
     status: int = args.handler(args)
     return status

@@ -20,12 +20,14 @@ from qdrant_client.http.models import QueryResponse
 
 from lychee_rerank.adapters.qdrant import (
     FIRST_STAGE_SCORE_KEY,
+    RERANK_ERROR_KEY,
     RERANK_FAILED_KEY,
     AsyncQdrantReranker,
     QdrantReranker,
 )
-from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query
+from lychee_rerank.core import Document, InvalidInputError, LocalReranker, Query, RemoteReranker
 from lychee_rerank.core.testing.fakes import TableReranker
+from lychee_rerank.core.testing.servers import LoopbackServer, Reply
 
 COLLECTION = "products"
 TEXTS = [
@@ -347,6 +349,22 @@ def test_fail_open_keeps_first_stage_order_flagged_and_logged(
         assert point.payload[RERANK_FAILED_KEY] is True
         assert point.payload[FIRST_STAGE_SCORE_KEY] == original.score
     assert "rerank service down" in caplog.text
+
+
+def test_a_refused_api_key_is_reported_in_the_payload_and_logged_as_an_error(
+    client: QdrantClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = {"error": {"type": "unauthorized", "message": "missing or wrong API key", "status": 401}}
+    first = _first_stage(client, 2)
+    with LoopbackServer(lambda number, request: Reply.json(401, body)) as server, caplog.at_level(logging.WARNING):
+        reranker = QdrantReranker(client, RemoteReranker(server.url, api_key="wrong"), timeout_s=5.0)
+        points = reranker.query_points(COLLECTION, rerank_query="q", limit=2, **HYBRID).points
+    assert [p.id for p in points] == [p.id for p in first]
+    for point in points:
+        assert point.payload is not None
+        assert point.payload[RERANK_FAILED_KEY] is True
+        assert point.payload[RERANK_ERROR_KEY].startswith("RemoteAuthError:")
+    assert {record.levelno for record in caplog.records} == {logging.ERROR}
 
 
 def test_fail_closed_raises_the_reranker_error(client: QdrantClient) -> None:

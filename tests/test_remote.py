@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lychee_rerank.core import Document, ImageError, InvalidInputError, LocalReranker, Query, as_reranker
-from lychee_rerank.core.remote import RemoteReranker, RemoteRerankerError, encode_image
+from lychee_rerank.core.remote import RemoteAuthError, RemoteReranker, RemoteRerankerError, encode_image
 from lychee_rerank.core.server.background import running_service
 
 
@@ -170,3 +170,13 @@ def test_a_url_string_means_a_remote_reranker() -> None:
     reranker = as_reranker("http://gpu-box:8000/")
     assert isinstance(reranker, RemoteReranker)
     assert reranker.url == "http://gpu-box:8000"
+
+
+def test_the_services_own_401_is_an_auth_error_and_the_right_key_works(tiny_model_dir: Path) -> None:
+    with running_service(tiny_model_dir, api_key="right-key") as running:
+        with pytest.raises(RemoteAuthError, match="LYCHEE_API_KEY") as caught:
+            RemoteReranker(running.url, api_key="wrong-key").score("q", ["a"])
+        assert caught.value.status == 401
+        with pytest.raises(RemoteAuthError, match="it was given none"):
+            RemoteReranker(running.url, api_key="").score("q", ["a"])
+        assert len(RemoteReranker(running.url, api_key="right-key").score("q", ["a", "b"])) == 2

@@ -190,12 +190,13 @@ def test_rescore_on_a_plain_response_leaves_the_raw_response_untouched() -> None
     before = copy.deepcopy(raw)
     response = rescorer.rescore(raw, plan)
     assert raw == before
-    # rerank: 1/2 and 1/3 -> d0 1.5, d1 1.333...; d2 keeps 5.0 (query_weight 1) behind the window.
-    assert [(hit["_id"], hit["_score"]) for hit in response["hits"]["hits"]] == [("0", 1.5), ("1", 4 / 3), ("2", 5.0)]
+    # rerank: 1/2 and 1/3 -> d0 1.5, d1 1.333...; d2 scores 5.0 (query_weight 1) and, as in
+    # QueryRescorer.combine, is sorted together with the window.
+    assert [(hit["_id"], hit["_score"]) for hit in response["hits"]["hits"]] == [("2", 5.0), ("0", 1.5), ("1", 4 / 3)]
     assert response["hits"]["max_score"] == 5.0
     assert response["took"] == 1
     assert response[RESPONSE_KEY] == {"reranked": True, "error": None, "window_size": 2}
-    assert response["hits"]["hits"][2][HIT_KEY] == {"original_score": 5.0, "rerank_score": None}
+    assert response["hits"]["hits"][0][HIT_KEY] == {"original_score": 5.0, "rerank_score": None}
 
 
 def test_size_zero_fetches_nothing_and_needs_no_query_text() -> None:

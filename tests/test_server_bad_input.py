@@ -67,7 +67,12 @@ CASES: list[tuple[str, str, Any, int]] = [
     ("documents is a string", "/v1/rerank", {"query": "q", "documents": "a"}, 422),
     ("documents are numbers", "/v1/rerank", {"query": "q", "documents": [1, 2]}, 422),
     ("query is a number", "/v1/rerank", {"query": 5, "documents": ["a"]}, 422),
-    ("nested junk in a document", "/v1/rerank", {"query": "q", "documents": [{"text": "a", "x": {"y": [1]}}]}, 422),
+    (
+        "nested junk in a content part",
+        "/v1/rerank",
+        {"query": "q", "documents": [{"content": [{"type": "text", "text": "a", "x": {"y": [1]}}]}]},
+        422,
+    ),
     ("nested lists", "/v1/rerank", {"query": "q", "documents": [[["a"]]]}, 422),
     ("unknown top-level field", "/v1/rerank", {"query": "q", "documents": ["a"], "junk": 1}, 422),
     ("body is a JSON array", "/rerank", [1, 2, 3], 422),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from lychee_rerank.core.extras import require
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, LYCHEE
 
 DESCRIPTION = """\
@@ -48,6 +49,8 @@ def register(subparsers: Any) -> None:
 
 def handler(args: argparse.Namespace) -> int:
     """Runs the demo; see :func:`lychee_rerank.adapters.demo.run.run_demo`."""
+    for module in ("torch", "transformers", "qdrant_client"):
+        require(module, "demo")  # one line naming the extra before anything slow starts
     from lychee_rerank.adapters.demo.run import run_demo
 
     return run_demo(args)

@@ -1,8 +1,8 @@
 """``lychee-rerank serve``: load the model, then run the service with uvicorn.
 
-Every setting is a flag and a ``LYCHEE_*`` environment variable (see
-:class:`~lychee_rerank.core.server.settings.ServerSettings`); a flag wins over the environment.
-Registration is cheap: FastAPI, uvicorn and the model are imported only when the command runs.
+Every setting is a flag and a ``LYCHEE_*`` environment variable (:class:`ServerSettings`); a flag wins over
+the environment. Registration is cheap: FastAPI, uvicorn and the model are imported only when the command
+runs, and a missing one is a one-line error naming the ``[server]`` extra.
 """
 
 from __future__ import annotations
@@ -12,15 +12,17 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from lychee_rerank.core.extras import require
 from lychee_rerank.core.server.settings import ServerSettings, env_var
 
-_DESCRIPTION = """\
+DESCRIPTION = """\
 Load a reranking model and serve it over HTTP: /v1/rerank and /v2/rerank (Cohere/Jina), /rerank (also
 TEI), /rerank_batch, /score, /health, /metrics, the API docs at /docs and a browser UI at /ui.
 
 Every option can also be set by its environment variable (shown with each option); an option given
 here wins over the variable. With --api-key, /health, /metrics, /docs and /openapi.json stay open
 (--protect-docs closes all but /health) and the UI asks for the key as its password.
+Prefer LYCHEE_API_KEY to --api-key, which other users can see in the process list.
 """
 
 _HELP = {
@@ -93,7 +95,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="run the HTTP service (Cohere/Jina, TEI and batch APIs, metrics, UI)",
-        description=_DESCRIPTION,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = ServerSettings()
@@ -109,6 +111,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def serve(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted."""
+    for module in ("fastapi", "uvicorn", "torch", "transformers"):
+        require(module, "server")  # one line naming the extra, not a traceback from deep inside
+
     from lychee_rerank.core.local import LocalReranker
     from lychee_rerank.core.profiles import TINY_MODEL_NAME
     from lychee_rerank.core.server.app import create_app

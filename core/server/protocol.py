@@ -1,14 +1,29 @@
 """Request and response bodies of every route (pydantic), one section per API.
 
-Unknown fields are refused (422) so that a typo or nested junk is reported instead of silently ignored;
-fields that well-known clients send and that mean nothing here (Cohere's ``priority``...) are accepted.
+Each shape is as lenient as the API it copies. Text Embeddings Inference ignores unknown fields (its
+``RerankRequest`` in ``router/src/http/types.rs`` has no ``deny_unknown_fields``), so the TEI shape does
+too: the ``rerankers`` package's TEI provider sends ``model``. Elsewhere unknown fields are refused (422)
+so that a typo or nested junk is reported instead of silently ignored; the fields the Cohere and Jina
+SDKs send that mean nothing here (``priority``, ``max_chunks_per_doc``...) are accepted, and Cohere v1's
+object documents with ``rank_fields`` are read as Cohere v1 reads them.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, INSTRUCTION_RULE
 
@@ -131,7 +146,13 @@ Documents = Annotated[list[DocumentIn], Field(json_schema_extra={"minItems": 1})
 
 
 class RerankRequest(BaseModel):
-    """Cohere v2 / Jina ``rerank``, plus ``instruction`` and ``min_score``."""
+    """Cohere v2 / Jina ``rerank``, plus ``instruction`` and ``min_score``.
+
+    A document may also be a Cohere v1 object with keys of its own: without ``rank_fields`` its ``text``
+    (and ``image``) is read and other keys are ignored, as Cohere v1 defaults to the ``text`` key; with
+    ``rank_fields`` the named fields become the text, one ``key: value`` line each in the order given (the
+    YAML-like form Cohere's docs recommend for structured data), and an ``image`` key stays the image.
+    """
 
     model_config = _STRICT
     model: StrictStr | None = None
@@ -142,11 +163,45 @@ class RerankRequest(BaseModel):
     instruction: Instruction | None = None
     min_score: MinScore | None = None
     max_tokens_per_doc: AtLeastOne | None = None
+    rank_fields: list[StrictStr] | None = None
     # Sent by the Cohere SDK or Jina clients; accepted and ignored.
     priority: Any = None
     relevant_spans: Any = None
-    rank_fields: list[StrictStr] | None = None
     max_chunks_per_doc: WholeNumber | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_cohere_v1_objects(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("documents"), list):
+            return data
+        rank_fields = data.get("rank_fields")
+        if rank_fields is not None and not (
+            isinstance(rank_fields, list) and rank_fields and all(isinstance(name, str) for name in rank_fields)
+        ):
+            return data  # field validation reports the bad rank_fields
+        documents = [_cohere_v1_document(item, rank_fields) for item in data["documents"]]
+        return {**data, "documents": documents}
+
+
+def _cohere_v1_document(item: Any, rank_fields: list[str] | None) -> Any:
+    """A Cohere v1 object document as ``{text?, image?}``; strings and content lists pass unchanged."""
+    if not isinstance(item, dict) or "content" in item:
+        return item
+    if rank_fields is None:
+        if set(item) <= {"text", "image"}:
+            return item
+        return {key: item[key] for key in ("text", "image") if key in item}
+    lines = [
+        f"{name}: {_field_text(item[name])}" for name in rank_fields if name != "image" and item.get(name) is not None
+    ]
+    document: dict[str, Any] = {"text": "\n".join(lines)} if lines else {}
+    if "image" in item:
+        document["image"] = item["image"]
+    return document
+
+
+def _field_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class RerankDocument(BaseModel):
@@ -185,9 +240,9 @@ class RerankResponse(BaseModel):
 
 
 class TEIRerankRequest(BaseModel):
-    """TEI ``/rerank``: ``texts`` instead of ``documents``."""
+    """TEI ``/rerank``: ``texts`` instead of ``documents``; unknown fields are ignored, as TEI does."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(extra="ignore")
     query: QueryText
     texts: Annotated[list[StrictStr], Field(json_schema_extra={"minItems": 1})]
     raw_scores: StrictBool = False

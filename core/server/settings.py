@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from lychee_rerank.core.media import MediaPolicy, SettingNames
+from lychee_rerank.core.wire import check_api_key
 
 if TYPE_CHECKING:
     from lychee_rerank.core.server.connections import ConnectionLimits
@@ -105,6 +106,8 @@ class ServerSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.fetch_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0 and the timeouts positive")
+        if self.api_key is not None:
+            check_api_key(self.api_key, "api_key (--api-key, LYCHEE_API_KEY)")
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")

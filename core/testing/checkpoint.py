@@ -1,10 +1,15 @@
-"""A tiny, random, seeded Qwen2.5-VL checkpoint for tests, demos and benchmarks.
+"""Tiny, random, seeded Qwen-VL checkpoints for tests, demos and benchmarks.
 
 Real weights cannot be downloaded everywhere (CI has no model hub). This module writes a complete
 Hugging Face checkpoint folder (config, safetensors weights, a byte-level BPE tokenizer with the Qwen
-special tokens and single-token ``yes``/``no``, an image processor and a Qwen-style chat template) that
+special tokens and single-token answer words, an image processor and a Qwen-style chat template) that
 :class:`~lychee_rerank.core.LocalReranker` loads through the ordinary ``from_pretrained`` path. Scores
 from it are deterministic but meaningless: it is never used unless asked for by name.
+
+Three architectures, one per profile: ``qwen2_5_vl`` (Lychee-Rerank-MM, the default), ``qwen3_vl``
+(Qwen3-VL-Reranker: 16-pixel patches, interleaved multimodal rope, deepstack visual features fed into
+the first decoder layers) and ``qwen2_vl`` (MonoQwen2-VL, whose answers are ``True``/``False``). Their
+configs follow the published 2B/7B configs in what matters to the engine, at a tiny size.
 
 Example:
     >>> from lychee_rerank.core.testing import write_tiny_checkpoint
@@ -150,9 +155,18 @@ SHAPES: dict[str, ModelShape] = {
 }
 
 
-def _corpus() -> list[str]:
+ARCHITECTURE_NAMES = ("qwen2_5_vl", "qwen3_vl", "qwen2_vl")
+"""The ``model_type`` values the tiny writer knows; ``qwen2_5_vl`` is the default."""
+
+ANSWER_WORDS = {"qwen2_5_vl": ("yes", "no"), "qwen3_vl": ("yes", "no"), "qwen2_vl": ("True", "False")}
+"""The answer tokens of each architecture's profile, kept single tokens by the generated tokenizer."""
+
+
+def _corpus(answer_words: tuple[str, ...] = ("yes", "no")) -> list[str]:
     # Repeating the seed text with word-order variations gives BPE enough pair counts to learn merges.
     lines = [line for line in _CORPUS_SEED.strip().splitlines() if line]
+    # Words other than yes/no need lines of their own to become single tokens at a line start as well.
+    lines += [word for word in answer_words if word not in ("yes", "no")] * 2
     corpus = []
     for repeat in range(20):
         for line in lines:
@@ -161,11 +175,11 @@ def _corpus() -> list[str]:
     return corpus
 
 
-def build_tokenizer(vocab_target: int = 600) -> Any:
+def build_tokenizer(vocab_target: int = 600, *, answer_words: tuple[str, ...] = ("yes", "no")) -> Any:
     """Trains a byte-level BPE tokenizer with Qwen's pre-tokenizer and special tokens.
 
     Returns:
-        A ``transformers`` ``Qwen2Tokenizer`` in which ``yes`` and ``no`` are single tokens.
+        A ``transformers`` ``Qwen2Tokenizer`` in which ``yes``, ``no`` and ``answer_words`` are single tokens.
     """
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -184,46 +198,68 @@ def build_tokenizer(vocab_target: int = 600) -> Any:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    trainer_tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    trainer_tokenizer.train_from_iterator(_corpus(answer_words), trainer=trainer)
     model_state = json.loads(trainer_tokenizer.to_str())["model"]
     merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in model_state["merges"]]
     tokenizer = Qwen2Tokenizer(vocab=model_state["vocab"], merges=merges)
     tokenizer.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
-    for word in ("yes", "no"):
+    for word in dict.fromkeys(("yes", "no", *answer_words)):
         ids = tokenizer.encode(word, add_special_tokens=False)
         if len(ids) != 1:
             raise RuntimeError(f"the generated tokenizer splits {word!r} into {ids}; adjust the corpus")
     return tokenizer
 
 
-def build_config(shape: ModelShape, tokenizer: Any, *, initializer_range: float = 0.02) -> Any:
-    """The ``Qwen2_5_VLConfig`` for ``shape``, with token ids taken from ``tokenizer``."""
-    from transformers import Qwen2_5_VLConfig
-
+def _text_config(shape: ModelShape, tokenizer: Any, initializer_range: float, rope: dict[str, Any]) -> dict[str, Any]:
     head_dim = shape.hidden_size // shape.num_attention_heads
     if sum(shape.mrope_section) * 2 != head_dim:
         raise ValueError(f"mrope_section {shape.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
     token_id = tokenizer.convert_tokens_to_ids
-    vocab_size = shape.vocab_size or len(tokenizer)
+    return {
+        "vocab_size": shape.vocab_size or len(tokenizer),
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "mrope_section": list(shape.mrope_section), **rope},
+        "initializer_range": initializer_range,
+        "bos_token_id": token_id("<|endoftext|>"),
+        "eos_token_id": token_id("<|im_end|>"),
+        "pad_token_id": token_id("<|endoftext|>"),
+    }
+
+
+def _vision_token_ids(tokenizer: Any) -> dict[str, int]:
+    token_id = tokenizer.convert_tokens_to_ids
+    return {
+        "image_token_id": token_id("<|image_pad|>"),
+        "video_token_id": token_id("<|video_pad|>"),
+        "vision_start_token_id": token_id("<|vision_start|>"),
+        "vision_end_token_id": token_id("<|vision_end|>"),
+    }
+
+
+def build_config(
+    shape: ModelShape, tokenizer: Any, *, initializer_range: float = 0.02, architecture: str = "qwen2_5_vl"
+) -> Any:
+    """The config of ``architecture`` (a :data:`ARCHITECTURE_NAMES` entry) for ``shape``, token ids from ``tokenizer``.
+
+    ``qwen3_vl`` follows Qwen3-VL-2B's config where it matters to the engine: head_dim separate from the
+    width, ``mrope_interleaved``, 16-pixel patches, learned position embeddings and deepstack indexes;
+    ``qwen2_vl`` follows Qwen2-VL-2B's (``embed_dim`` and ``mlp_ratio`` in the vision tower).
+    """
+    if architecture == "qwen3_vl":
+        return _qwen3_vl_config(shape, tokenizer, initializer_range)
+    if architecture == "qwen2_vl":
+        return _qwen2_vl_config(shape, tokenizer, initializer_range)
+    if architecture != "qwen2_5_vl":
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURE_NAMES}")
+    from transformers import Qwen2_5_VLConfig
+
     return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": shape.hidden_size,
-            "intermediate_size": shape.intermediate_size,
-            "num_hidden_layers": shape.num_hidden_layers,
-            "num_attention_heads": shape.num_attention_heads,
-            "num_key_value_heads": shape.num_key_value_heads,
-            "max_position_embeddings": 32768,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 1000000.0,
-                "mrope_section": list(shape.mrope_section),
-            },
-            "initializer_range": initializer_range,
-            "bos_token_id": token_id("<|endoftext|>"),
-            "eos_token_id": token_id("<|im_end|>"),
-            "pad_token_id": token_id("<|endoftext|>"),
-        },
+        text_config=_text_config(shape, tokenizer, initializer_range, {"rope_theta": 1000000.0}),
         vision_config={
             "depth": shape.vision_depth,
             "hidden_size": shape.vision_hidden_size,
@@ -237,41 +273,132 @@ def build_config(shape: ModelShape, tokenizer: Any, *, initializer_range: float 
             "window_size": 112,
             "initializer_range": initializer_range,
         },
-        image_token_id=token_id("<|image_pad|>"),
-        video_token_id=token_id("<|video_pad|>"),
-        vision_start_token_id=token_id("<|vision_start|>"),
-        vision_end_token_id=token_id("<|vision_end|>"),
+        **_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
 
 
-def build_processor(tokenizer: Any, *, min_pixels: int = 4 * 28 * 28, max_pixels: int = 64 * 28 * 28) -> Any:
-    """A ``Qwen2_5_VLProcessor`` around ``tokenizer`` with the Qwen chat template."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+def _qwen3_vl_config(shape: ModelShape, tokenizer: Any, initializer_range: float) -> Any:
+    from transformers import Qwen3VLConfig
 
-    # The processor class insists on a video processor, though rerank inputs never hold video.
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+    head_dim = shape.hidden_size // shape.num_attention_heads
+    text = _text_config(shape, tokenizer, initializer_range, {"rope_theta": 5000000.0, "mrope_interleaved": True})
+    depth = shape.vision_depth
+    return Qwen3VLConfig(
+        text_config={**text, "head_dim": head_dim},
+        vision_config={
+            "depth": depth,
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_intermediate_size,
+            "num_heads": shape.vision_num_heads,
+            "out_hidden_size": shape.hidden_size,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64 if shape.name == "tiny" else 2304,
+            # Qwen3-VL-2B taps layers 5, 11, 17 of 24; a few evenly spaced ones here, fed to as many decoder layers.
+            "deepstack_visual_indexes": list(range(0, depth, max(1, depth // 3)))[: min(3, shape.num_hidden_layers)],
+            "initializer_range": initializer_range,
+        },
+        **_vision_token_ids(tokenizer),
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen2_vl_config(shape: ModelShape, tokenizer: Any, initializer_range: float) -> Any:
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig(
+        text_config=_text_config(shape, tokenizer, initializer_range, {"rope_theta": 1000000.0}),
+        vision_config={
+            "depth": shape.vision_depth,
+            "embed_dim": shape.vision_hidden_size,
+            "hidden_size": shape.hidden_size,
+            "mlp_ratio": max(1, shape.vision_intermediate_size // shape.vision_hidden_size),
+            "num_heads": shape.vision_num_heads,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "initializer_range": initializer_range,
+        },
+        **_vision_token_ids(tokenizer),
+        tie_word_embeddings=False,
+    )
+
+
+def build_processor(
+    tokenizer: Any,
+    *,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    architecture: str = "qwen2_5_vl",
+) -> Any:
+    """The processor of ``architecture`` around ``tokenizer`` with the Qwen chat template.
+
+    Pixel bounds default to 4 and 64 patches of 2x2 merged patches (28 pixels a side, 32 for Qwen3-VL).
+    """
+    from transformers import Qwen2VLImageProcessor
+
+    # The processor classes insist on a video processor, though rerank inputs never hold video.
+    if architecture == "qwen3_vl":
+        from transformers import Qwen3VLProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        side = 32
+        image_processor = Qwen2VLImageProcessor(
+            patch_size=16, min_pixels=min_pixels or 4 * side * side, max_pixels=max_pixels or 64 * side * side
+        )
+        return Qwen3VLProcessor(
+            image_processor=image_processor,
+            video_processor=Qwen3VLVideoProcessor(),
+            tokenizer=tokenizer,
+            chat_template=CHAT_TEMPLATE,
+        )
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels or 4 * 28 * 28, max_pixels=max_pixels or 64 * 28 * 28)
+    if architecture == "qwen2_vl":
+        processor_class: Any = Qwen2VLProcessor
+    elif architecture == "qwen2_5_vl":
+        processor_class = Qwen2_5_VLProcessor
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURE_NAMES}")
+    return processor_class(
+        image_processor=image_processor,
         video_processor=Qwen2VLVideoProcessor(),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def build_model(shape: ModelShape, tokenizer: Any, *, seed: int = 0, initializer_range: float = 0.02) -> Any:
-    """A randomly initialised ``Qwen2_5_VLForConditionalGeneration`` of ``shape`` (float32, CPU)."""
+def build_model(
+    shape: ModelShape,
+    tokenizer: Any,
+    *,
+    seed: int = 0,
+    initializer_range: float = 0.02,
+    architecture: str = "qwen2_5_vl",
+) -> Any:
+    """A randomly initialised ``...ForConditionalGeneration`` of ``architecture`` and ``shape`` (float32, CPU)."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
-    config = build_config(shape, tokenizer, initializer_range=initializer_range)
+    config = build_config(shape, tokenizer, initializer_range=initializer_range, architecture=architecture)
+    model_class = {
+        "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+        "qwen3_vl": transformers.Qwen3VLForConditionalGeneration,
+        "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+    }[architecture]
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _calibrate_answer_rows(model, tokenizer, seed)
+    model = model_class(config)
+    _calibrate_answer_rows(model, tokenizer, seed, ANSWER_WORDS[architecture])
     return model.eval()
 
 
-def _calibrate_answer_rows(model: Any, tokenizer: Any, seed: int) -> None:
-    """Sets the "yes" and "no" rows of the output head so that random-model scores spread over (0, 1).
+def _calibrate_answer_rows(
+    model: Any, tokenizer: Any, seed: int, answer_words: tuple[str, ...] = ("yes", "no")
+) -> None:
+    """Sets the answer rows ("yes"/"no") of the output head so that random-model scores spread over (0, 1).
 
     With random rows, yes-minus-no is dominated by what every prompt shares (the same closing tokens),
     so every score would sit at one value and a test comparing scores would pass whatever the engine
@@ -294,33 +421,42 @@ def _calibrate_answer_rows(model: Any, tokenizer: Any, seed: int) -> None:
         direction -= (direction @ mean) / (mean @ mean) * mean
         direction *= 2.0 / (hidden @ direction).std()
         head = model.get_output_embeddings().weight
-        head[tokenizer.convert_tokens_to_ids("yes")] = (direction / 2).to(head.dtype)
-        head[tokenizer.convert_tokens_to_ids("no")] = (-direction / 2).to(head.dtype)
+        positive, negative = answer_words
+        head[tokenizer.convert_tokens_to_ids(positive)] = (direction / 2).to(head.dtype)
+        head[tokenizer.convert_tokens_to_ids(negative)] = (-direction / 2).to(head.dtype)
 
 
 def write_tiny_checkpoint(
-    folder: str | os.PathLike[str], *, shape: str = "tiny", seed: int = 0, overwrite: bool = False
+    folder: str | os.PathLike[str],
+    *,
+    shape: str = "tiny",
+    seed: int = 0,
+    overwrite: bool = False,
+    architecture: str = "qwen2_5_vl",
 ) -> Path:
-    """Writes a complete random Qwen2.5-VL checkpoint of ``shape`` (``tiny`` or ``small``) into ``folder``.
+    """Writes a complete random checkpoint of ``architecture`` and ``shape`` (``tiny`` or ``small``) into ``folder``.
 
     Args:
         folder: Where to write; created if missing.
         shape: A key of :data:`SHAPES` other than ``7b`` (which is too large to write for nothing).
         seed: Seeds the weights; the same seed writes the same weights.
         overwrite: Rewrite a folder that already holds a checkpoint.
+        architecture: ``qwen2_5_vl`` (Lychee, the default), ``qwen3_vl`` or ``qwen2_vl``.
 
     Returns:
         The folder, ready for ``LocalReranker(model=str(folder))``.
     """
     if shape not in SHAPES or shape == "7b":
         raise ValueError(f"unknown or unwritable shape {shape!r}; choose 'tiny' or 'small'")
+    if architecture not in ARCHITECTURE_NAMES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURE_NAMES}")
     path = Path(folder)
     if (path / "config.json").exists() and not overwrite:
         return path
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(SHAPES[shape].vocab_target)
-    processor = build_processor(tokenizer)
-    model = build_model(SHAPES[shape], tokenizer, seed=seed)
+    tokenizer = build_tokenizer(SHAPES[shape].vocab_target, answer_words=ANSWER_WORDS[architecture])
+    processor = build_processor(tokenizer, architecture=architecture)
+    model = build_model(SHAPES[shape], tokenizer, seed=seed, architecture=architecture)
     processor.save_pretrained(path)
     model.save_pretrained(path, safe_serialization=True)
     (path / RANDOM_WEIGHTS_MARKER).write_text(

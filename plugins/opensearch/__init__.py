@@ -15,7 +15,10 @@ of it, idempotently::
                   params={"search_pipeline": installed.pipeline_id})
 
 Images travel through OpenSearch only as strings: store ``{"text": ..., "image": ...}`` as a JSON string in a
-document field, list that field in ``document_fields`` and install with ``multimodal=True``.
+document field, list that field alone in ``document_fields`` and install with ``multimodal=True``: the rerank
+processor joins several fields with no separator, so a JSON field next to another is no longer JSON.
+``install_rerank_pipeline`` ends with a test rerank and a real search through the pipeline and raises
+:class:`InstallCheckError` when the cluster cannot score through the service.
 
 The same is on the command line: ``lychee-rerank opensearch install --os-url ... --rerank-url ...``, ``check``
 and ``uninstall``.
@@ -32,6 +35,9 @@ from lychee_rerank.plugins.opensearch.bodies import (
     REQUEST_BODY,
     TRUSTED_ENDPOINTS_SETTING,
     connector_body,
+    document_fields_problem,
+    ingest_pipeline_body,
+    joined_fields_warning,
     model_body,
     model_group_body,
     needs_private_ip,
@@ -40,6 +46,7 @@ from lychee_rerank.plugins.opensearch.bodies import (
     trusted_endpoint_regex,
 )
 from lychee_rerank.plugins.opensearch.cluster import (
+    InstallCheckError,
     InstallResult,
     PipelineStatus,
     check_rerank_pipeline,
@@ -49,22 +56,30 @@ from lychee_rerank.plugins.opensearch.cluster import (
     require_rerank_support,
     uninstall_rerank_pipeline,
 )
+from lychee_rerank.plugins.opensearch.network import PRIVATE_IP_MINIMUM_VERSION, check_host, is_private_address
 
 __all__ = [
     "DEFAULT_NAME",
     "MINIMUM_VERSION",
     "POST_PROCESS_FUNCTION",
     "PRE_PROCESS_FUNCTION",
+    "PRIVATE_IP_MINIMUM_VERSION",
     "PRIVATE_IP_SETTING",
     "REQUEST_BODY",
     "TRUSTED_ENDPOINTS_SETTING",
+    "InstallCheckError",
     "InstallResult",
     "PipelineStatus",
+    "check_host",
     "check_rerank_pipeline",
     "cluster_version",
     "connector_body",
+    "document_fields_problem",
+    "ingest_pipeline_body",
     "install_cluster_settings",
     "install_rerank_pipeline",
+    "is_private_address",
+    "joined_fields_warning",
     "model_body",
     "model_group_body",
     "needs_private_ip",

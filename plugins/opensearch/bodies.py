@@ -7,7 +7,7 @@ service's ``/v1/rerank`` answers. Pure functions: nothing here talks to a cluste
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.wire import JSON_DOCUMENTS_HEADER
 from lychee_rerank.plugins._common import rerank_endpoint_url
+from lychee_rerank.plugins.opensearch.network import Resolver, check_host
 
 DEFAULT_NAME = "lychee-rerank"
 """The connector's and the model's name and the search pipeline's id unless told otherwise."""
@@ -47,18 +48,13 @@ def trusted_endpoint_regex(rerank_url: str) -> str:
     return "^" + re.escape(f"{parts.scheme}://{parts.netloc}") + "/.*$"
 
 
-def needs_private_ip(rerank_url: str) -> bool:
-    """Whether the service's host is (or likely resolves to) a loopback or private address.
+def needs_private_ip(rerank_url: str, resolver: Resolver | None = None) -> bool:
+    """Whether ml-commons would count the service's host as private (see :mod:`.network`).
 
-    IP literals are judged exactly; ``localhost`` and single-label names (``rerank`` in docker compose)
-    count as private, dotted names as public.
+    IP literals are judged exactly; a name by what it resolves to here, or, when it does not resolve
+    here, by its shape (``localhost``, single-label and internal names count as private).
     """
-    host = urlsplit(rerank_endpoint_url(rerank_url)).hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host == "localhost" or "." not in host
-    return address.is_private or address.is_loopback or address.is_link_local
+    return check_host(rerank_url, resolver).private
 
 
 def connector_body(
@@ -117,7 +113,11 @@ def model_body(connector_id: str, model_group_id: str, *, name: str = DEFAULT_NA
 
 
 def pipeline_body(model_id: str, document_fields: Sequence[str]) -> dict[str, Any]:
-    """The body of ``PUT /_search/pipeline/<id>``: one ``rerank`` response processor using the model."""
+    """The body of ``PUT /_search/pipeline/<id>``: one ``rerank`` response processor using the model.
+
+    The processor sends each hit's ``document_fields`` values concatenated with no separator (see
+    :func:`joined_fields_warning`).
+    """
     if not document_fields:
         raise LycheeError("give at least one document field for the rerank processor to score")
     return {
@@ -131,6 +131,107 @@ def pipeline_body(model_id: str, document_fields: Sequence[str]) -> dict[str, An
             }
         ],
     }
+
+
+def document_fields_problem(document_fields: Sequence[str], *, multimodal: bool) -> str | None:
+    """Why these ``document_fields`` cannot work, or ``None``; several text fields are allowed (see warning).
+
+    The rerank processor joins the fields' values with no separator (neural-search
+    ``DocumentContextSourceFetcher.fetchContext`` appends them to one ``StringBuilder``), so a JSON-string
+    ``{"text", "image"}`` field next to any other field is no longer JSON: the service would score it as
+    text and the image would be lost.
+    """
+    fields = list(document_fields)
+    if not fields:
+        return "give at least one document field for the rerank processor to score"
+    if multimodal and len(fields) > 1:
+        return (
+            f"with --multimodal give exactly one document field, not {fields}: the rerank processor joins "
+            'document_fields with no separator, so a JSON {"text", "image"} field next to another field is '
+            "no longer JSON and its image would be dropped. Write one JSON field at ingest that holds the "
+            'text of all of them, e.g. {"text": title + "\\n" + body, "image": url}'
+        )
+    return None
+
+
+def joined_fields_warning(document_fields: Sequence[str]) -> str | None:
+    """The warning for several text fields: they reach the service glued together ("TitleBody")."""
+    fields = list(document_fields)
+    if len(fields) < 2:
+        return None
+    return (
+        f"the rerank processor joins {', '.join(fields)} with no separator (a title 'Red dress' and a body "
+        f"'Cotton' reach the service as 'Red dressCotton'); to keep them apart, write one combined field at "
+        f"ingest: install with --combine-fields-into FIELD creates an ingest pipeline that does it"
+    )
+
+
+COMBINE_SCRIPT = """\
+StringBuilder out = new StringBuilder();
+for (def name : params.fields) {
+  def value = ctx[name];
+  if (value == null) { continue; }
+  if (value instanceof List) {
+    StringBuilder joined = new StringBuilder();
+    for (def item : value) {
+      if (joined.length() > 0) { joined.append(' '); }
+      joined.append(String.valueOf(item));
+    }
+    value = joined.toString();
+  }
+  String text = String.valueOf(value);
+  if (text.isEmpty()) { continue; }
+  if (out.length() > 0) { out.append(params.separator); }
+  out.append(text);
+}
+ctx[params.target] = out.toString();
+"""
+"""Painless for the ingest ``script`` processor: the non-empty fields, one per line, into ``target``."""
+
+
+def ingest_pipeline_body(source_fields: Sequence[str], target_field: str, *, separator: str = "\n") -> dict[str, Any]:
+    """The body of ``PUT /_ingest/pipeline/<id>`` writing ``target_field`` from ``source_fields`` at ingest.
+
+    Lists are joined with spaces (as the rerank processor does), fields with ``separator``. Only top-level
+    fields: the script reads ``ctx[name]``.
+
+    Example:
+        >>> ingest_pipeline_body(["title", "body"], "rerank_text")["processors"][0]["script"]["params"]
+        {'fields': ['title', 'body'], 'target': 'rerank_text', 'separator': '\\n'}
+    """
+    fields = list(source_fields)
+    if not fields:
+        raise LycheeError("give the fields to combine (--document-field, repeated)")
+    nested = [name for name in [*fields, target_field] if "." in name or not name]
+    if nested:
+        raise LycheeError(f"the combining ingest pipeline handles top-level fields only, not {nested}")
+    if target_field in fields:
+        raise LycheeError(f"the combined field {target_field!r} must not be one of the fields it combines")
+    return {
+        "description": f"{DESCRIPTION}: writes {target_field} for the rerank processor",
+        "processors": [
+            {
+                "script": {
+                    "lang": "painless",
+                    "source": COMBINE_SCRIPT,
+                    "params": {"fields": fields, "target": target_field, "separator": separator},
+                }
+            }
+        ],
+    }
+
+
+def probe_document(document_fields: Sequence[str], text: str, *, multimodal: bool) -> dict[str, Any]:
+    """A test document for the install probe: ``text`` in the first field (JSON with ``multimodal``)."""
+    document: dict[str, Any] = {}
+    for position, name in enumerate(document_fields):
+        value = (json.dumps({"text": text}) if multimodal else text) if position == 0 else ""
+        target = document
+        *parents, leaf = name.split(".")
+        for parent in parents:  # "meta.caption" is an object path in _source
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return document
 
 
 def rerank_search_body(query: Mapping[str, Any], *, query_text: str, size: int | None = None) -> dict[str, Any]:

@@ -3,13 +3,16 @@ of the connector, model and search pipeline (idempotent: each part is looked up 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from lychee_rerank.core.errors import LycheeError
+from lychee_rerank.core.wire import JSON_DOCUMENTS_HEADER
 from lychee_rerank.plugins._common import PROBE_DOCUMENTS, PROBE_QUERY, parse_version, rerank_endpoint_url
 from lychee_rerank.plugins.opensearch.bodies import (
     DEFAULT_NAME,
@@ -18,17 +21,29 @@ from lychee_rerank.plugins.opensearch.bodies import (
     REQUIRED_PLUGINS,
     TRUSTED_ENDPOINTS_SETTING,
     connector_body,
+    document_fields_problem,
+    ingest_pipeline_body,
+    joined_fields_warning,
     model_body,
     model_group_body,
-    needs_private_ip,
     pipeline_body,
+    probe_document,
+    rerank_search_body,
     trusted_endpoint_regex,
+)
+from lychee_rerank.plugins.opensearch.network import (
+    PRIVATE_IP_MINIMUM_VERSION,
+    PRIVATE_IP_REFUSAL,
+    HostCheck,
+    Resolver,
+    check_host,
 )
 
 if TYPE_CHECKING:  # the client is an optional extra: import it only where it is used
     from opensearchpy import OpenSearch
 
 _ML = "/_plugins/_ml"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,14 +54,34 @@ class InstallResult:
         connector_id: The ml-commons connector.
         model_id: The registered, deployed remote model.
         pipeline_id: The search pipeline to name in ``search_pipeline``.
-        actions: Per part (``cluster_settings``, ``connector``, ``model``, ``deployment``, ``pipeline``), what
-            happened: ``created``, ``updated``, ``replaced``, ``deployed`` or ``unchanged``.
+        actions: Per part (``cluster_settings``, ``connector``, ``model``, ``deployment``, ``pipeline``, and
+            ``ingest_pipeline`` when asked for), what happened: ``created``, ``updated``, ``replaced``,
+            ``deployed`` or ``unchanged``.
+        warnings: What works but may not do what was meant (fields glued together, a host judged by name).
+        check: The final ``check_rerank_pipeline`` (predict probe and a real search), when ``verify``.
     """
 
     connector_id: str
     model_id: str
     pipeline_id: str
     actions: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+    check: PipelineStatus | None = None
+
+
+class InstallCheckError(LycheeError):
+    """Everything was installed, but the final check found that the cluster cannot score through the service.
+
+    Attributes:
+        result: What the install did (``result.check.problems`` says what failed).
+    """
+
+    def __init__(self, result: InstallResult) -> None:
+        problems = result.check.problems if result.check else []
+        super().__init__(
+            "installed, but OpenSearch cannot rerank through the service: " + "; ".join(problems or ["unknown"])
+        )
+        self.result = result
 
 
 @dataclass(frozen=True)
@@ -156,18 +191,40 @@ def _flat_setting(settings: Mapping[str, Any], key: str) -> Any:
     return None
 
 
-def install_cluster_settings(client: OpenSearch, rerank_url: str, *, allow_private_ip: bool | None = None) -> str:
-    """Adds the service to the trusted connector endpoints (and allows private IPs where needed).
+def install_cluster_settings(
+    client: OpenSearch,
+    rerank_url: str,
+    *,
+    allow_private_ip: bool | None = None,
+    resolver: Resolver | None = None,
+    version: tuple[int, int] | None = None,
+) -> str:
+    """Adds the service to the trusted connector endpoints, and allows private IPs where its host needs it.
 
     The trusted list replaces, never extends, the default list, so the current list is read and the
-    service's regex appended to it. Returns ``updated`` or ``unchanged``.
+    service's regex appended to it. ml-commons refuses a host that resolves to a private or loopback
+    address unless ``plugins.ml_commons.connector.private_ip_enabled`` is true, a setting that exists from
+    OpenSearch 2.15 on (see :mod:`lychee_rerank.plugins.opensearch.network`). Returns ``updated`` or
+    ``unchanged``.
 
     Args:
         client: An ``opensearchpy.OpenSearch`` client.
         rerank_url: The service's URL as the cluster reaches it.
-        allow_private_ip: Set ``plugins.ml_commons.connector.private_ip_enabled`` (on versions that have it);
-            ``None`` decides from the URL's host (see ``needs_private_ip``).
+        allow_private_ip: Set ``private_ip_enabled`` (``True``) or never (``False``); ``None`` decides from
+            what the URL's host resolves to (:func:`~lychee_rerank.plugins.opensearch.network.check_host`).
+        resolver: How to resolve the host (``socket.getaddrinfo`` by default).
+        version: The cluster's (major, minor); read from the cluster when not given.
+
+    Raises:
+        LycheeError: The host is private (or ``allow_private_ip`` is true) and the cluster is older than 2.15,
+            which refuses private addresses with no setting to allow them.
     """
+    host = check_host(rerank_url, resolver)
+    private = host.private if allow_private_ip is None else allow_private_ip
+    if private:
+        version = version or cluster_version(client)
+        if version < PRIVATE_IP_MINIMUM_VERSION:
+            raise LycheeError(_old_cluster_refuses_private(host, version, asked=allow_private_ip is True))
     current = _request(
         client,
         "GET",
@@ -181,14 +238,35 @@ def install_cluster_settings(client: OpenSearch, rerank_url: str, *, allow_priva
     url = rerank_endpoint_url(rerank_url)
     if not any(_matches(pattern, url) for pattern in patterns):
         wanted[TRUSTED_ENDPOINTS_SETTING] = [*patterns, trusted_endpoint_regex(rerank_url)]
-    private = needs_private_ip(rerank_url) if allow_private_ip is None else allow_private_ip
-    known = _flat_setting(current, PRIVATE_IP_SETTING)
-    if private and known is not None and str(known).lower() != "true":
+    if private and str(_flat_setting(current, PRIVATE_IP_SETTING)).lower() != "true":
         wanted[PRIVATE_IP_SETTING] = True
     if not wanted:
         return "unchanged"
     _request(client, "PUT", "/_cluster/settings", body={"persistent": wanted}, what="update the cluster settings")
     return "updated"
+
+
+def _old_cluster_refuses_private(host: HostCheck, version: tuple[int, int], *, asked: bool) -> str:
+    why = "--private-ip was given" if asked else host.describe()
+    return (
+        f"{why}, but OpenSearch {version[0]}.{version[1]} refuses connectors to private or loopback addresses "
+        f"and has no setting to allow them (plugins.ml_commons.connector.private_ip_enabled came with "
+        f"{PRIVATE_IP_MINIMUM_VERSION[0]}.{PRIVATE_IP_MINIMUM_VERSION[1]}): serve the service on an address the "
+        "cluster resolves as public, or upgrade OpenSearch; --no-private-ip installs anyway when the cluster "
+        "resolves the host differently from here"
+    )
+
+
+def private_ip_hint(reason: str) -> str:
+    """``reason`` with the fix appended when it is ml-commons' private-address refusal."""
+    if PRIVATE_IP_REFUSAL not in reason:
+        return reason
+    return (
+        f"{reason} — the cluster resolves the service's host to a private or loopback address: re-run install "
+        f"with --private-ip (sets {PRIVATE_IP_SETTING}, OpenSearch "
+        f"{PRIVATE_IP_MINIMUM_VERSION[0]}.{PRIVATE_IP_MINIMUM_VERSION[1]}+), or give a --rerank-url the cluster "
+        "resolves to a public address"
+    )
 
 
 def _matches(pattern: str, url: str) -> bool:
@@ -308,6 +386,10 @@ def install_rerank_pipeline(
     multimodal: bool = False,
     allow_private_ip: bool | None = None,
     replace: bool = False,
+    combine_fields_into: str | None = None,
+    ingest_pipeline_id: str | None = None,
+    verify: bool = True,
+    resolver: Resolver | None = None,
     deploy_timeout_s: float = 120.0,
     poll_interval_s: float = 1.0,
 ) -> InstallResult:
@@ -321,26 +403,68 @@ def install_rerank_pipeline(
     Args:
         client: An ``opensearchpy.OpenSearch`` client.
         rerank_url: The service's base URL as the cluster reaches it, e.g. ``http://rerank:8000``.
-        document_fields: The ``_source`` fields the service scores (a ``{"text", "image"}`` JSON-string field
-            with ``multimodal``).
+        document_fields: The ``_source`` fields the service scores (exactly one ``{"text", "image"}``
+            JSON-string field with ``multimodal``). The rerank processor joins several with no separator.
         name: The connector's and the model's name.
         pipeline_id: The search pipeline's id; ``name`` by default.
         api_key: The service's API key, if it has one.
         multimodal: Make the service parse JSON-string ``{"text", "image"}`` documents.
         allow_private_ip: See ``install_cluster_settings``.
         replace: Recreate the connector and model even when they look identical.
+        combine_fields_into: Also create an ingest pipeline that writes this field from ``document_fields``
+            (one per line), and rerank on it alone; index with ``?pipeline=`` (or make it the index's
+            ``index.default_pipeline``) and update existing documents with ``_update_by_query?pipeline=``.
+        ingest_pipeline_id: That ingest pipeline's id; ``<name>-combine`` by default.
+        verify: End with :func:`check_rerank_pipeline` (a test rerank through the model and a real search
+            through the pipeline) and raise :class:`InstallCheckError` when it fails.
+        resolver: How the service's host is resolved (``socket.getaddrinfo`` by default).
         deploy_timeout_s: How long to wait for the model's deployment.
         poll_interval_s: How often to look at the deployment task.
 
     Raises:
-        LycheeError: The cluster is too old or lacks a plugin, or OpenSearch refused a step (its reason quoted).
+        LycheeError: The cluster is too old or lacks a plugin, the document fields cannot work, or OpenSearch
+            refused a step (its reason quoted).
+        InstallCheckError: Everything was installed but the final check failed (``verify``).
     """
-    require_rerank_support(client)
+    version = require_rerank_support(client)
     pipeline_id = pipeline_id or name
-    wanted_pipeline_fields = list(document_fields)
-    if not wanted_pipeline_fields:
-        raise LycheeError("give at least one document field for the rerank processor to score")
-    actions = {"cluster_settings": install_cluster_settings(client, rerank_url, allow_private_ip=allow_private_ip)}
+    source_fields = list(document_fields)
+    problem = document_fields_problem(source_fields, multimodal=multimodal)
+    if problem:
+        raise LycheeError(problem)
+    warnings: list[str] = []
+    ingest_body = None
+    if combine_fields_into is not None:
+        if multimodal:
+            raise LycheeError(
+                "--combine-fields-into writes text; a multimodal JSON field must be written by your indexer"
+            )
+        ingest_body = ingest_pipeline_body(source_fields, combine_fields_into)
+        wanted_pipeline_fields = [combine_fields_into]
+    else:
+        wanted_pipeline_fields = source_fields
+        warning = joined_fields_warning(source_fields)
+        if warning:
+            warnings.append(warning)
+    host = check_host(rerank_url, resolver)
+    if allow_private_ip is None and not host.addresses:
+        warnings.append(
+            f"{host.describe()}; the final check shows what the cluster makes of it (--private-ip/--no-private-ip "
+            "decide instead)"
+        )
+    actions = {
+        "cluster_settings": install_cluster_settings(
+            client,
+            rerank_url,
+            allow_private_ip=allow_private_ip,
+            resolver=lambda _h, _p: host.addresses,
+            version=version,
+        )
+    }
+    if ingest_body is not None:
+        actions["ingest_pipeline"] = _put_ingest_pipeline(client, ingest_pipeline_id or f"{name}-combine", ingest_body)
+    for warning in warnings:
+        logger.warning("%s", warning)
 
     wanted_connector = connector_body(rerank_url, name=name, api_key=api_key, multimodal=multimodal)
     connectors = _search(client, "connectors", name)
@@ -414,15 +538,45 @@ def install_rerank_pipeline(
             if stale_model.get("connector_id") == connector["_id"]:
                 _remove_model(client, stale_model["_id"])
         _delete(client, f"{_ML}/connectors/{connector['_id']}", what=f"delete connector {connector['_id']}")
-    return InstallResult(connector_id, model_id, pipeline_id, actions)
+    result = InstallResult(connector_id, model_id, pipeline_id, actions, warnings)
+    if not verify:
+        return result
+    status = check_rerank_pipeline(client, name=name, pipeline_id=pipeline_id)
+    result = InstallResult(connector_id, model_id, pipeline_id, actions, warnings, status)
+    if not status.ok:
+        raise InstallCheckError(result)
+    return result
+
+
+def _put_ingest_pipeline(client: OpenSearch, ingest_pipeline_id: str, body: Mapping[str, Any]) -> str:
+    from opensearchpy import TransportError
+
+    try:
+        existing = client.transport.perform_request("GET", f"/_ingest/pipeline/{ingest_pipeline_id}")
+    except TransportError as error:
+        if not _is_missing(error):
+            raise _failure(error, f"read ingest pipeline {ingest_pipeline_id!r}") from None
+        existing = None
+    current = (existing or {}).get(ingest_pipeline_id)
+    if current is not None and current.get("processors") == body["processors"]:
+        return "unchanged"
+    _request(client, "PUT", f"/_ingest/pipeline/{ingest_pipeline_id}", body=body, what="create the ingest pipeline")
+    return "created" if current is None else "updated"
 
 
 def check_rerank_pipeline(
-    client: OpenSearch, *, name: str = DEFAULT_NAME, pipeline_id: str | None = None, probe: bool = True
+    client: OpenSearch,
+    *,
+    name: str = DEFAULT_NAME,
+    pipeline_id: str | None = None,
+    probe: bool = True,
+    search: bool = True,
 ) -> PipelineStatus:
-    """Looks every part up and, with ``probe``, scores two test documents through the model.
+    """Looks every part up and, with ``probe``, scores two test documents through the model; with ``search``
+    too, runs a real search through the pipeline on a temporary index (created, searched, deleted).
 
-    Never raises for a missing or broken part: the answer says what is wrong in ``problems``.
+    Never raises for a missing or broken part: the answer says what is wrong in ``problems``. A refusal of
+    the service's host as private (ml-commons resolves it from the cluster) comes with the fix.
     """
     pipeline_id = pipeline_id or name
     problems: list[str] = []
@@ -458,8 +612,68 @@ def check_rerank_pipeline(
             if len(probe_scores) != len(PROBE_DOCUMENTS):
                 problems.append(f"the probe got {len(probe_scores)} scores for {len(PROBE_DOCUMENTS)} documents")
         except LycheeError as error:
-            problems.append(str(error))
+            problems.append(private_ip_hint(str(error)))
+    if probe and search and pipeline is not None and not problems:
+        multimodal = _connector_is_multimodal(connectors[0]) if connectors else False
+        problem = _search_probe(client, pipeline_id, _pipeline_fields(pipeline), multimodal=multimodal)
+        if problem:
+            problems.append(problem)
     return PipelineStatus(connector_id, model_id, model_state, pipeline_id, pipeline_model_id, probe_scores, problems)
+
+
+def _connector_is_multimodal(connector: Mapping[str, Any]) -> bool:
+    actions = connector.get("actions") or [{}]
+    headers = actions[0].get("headers") or {}
+    return str(headers.get(JSON_DOCUMENTS_HEADER, "")).lower() == "true"
+
+
+def _pipeline_fields(pipeline: Mapping[str, Any]) -> list[str]:
+    for processor in pipeline.get("response_processors") or []:
+        rerank = processor.get("rerank") if isinstance(processor, dict) else None
+        if isinstance(rerank, dict):
+            return list((rerank.get("context") or {}).get("document_fields") or [])
+    return []
+
+
+def _search_probe(client: OpenSearch, pipeline_id: str, fields: Sequence[str], *, multimodal: bool) -> str | None:
+    """Indexes the probe documents in a temporary index, searches it through the pipeline; what failed, if any."""
+    if not fields:
+        return f"search pipeline {pipeline_id!r} names no document_fields"
+    index = f"lychee-rerank-probe-{uuid.uuid4().hex[:12]}"
+    settings = {"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}}}
+    try:
+        _request(client, "PUT", f"/{index}", body=settings, what="create a temporary index for the test search")
+        for number, text in enumerate(PROBE_DOCUMENTS):
+            _request(
+                client,
+                "PUT",
+                f"/{index}/_doc/{number}",
+                body=probe_document(fields, text, multimodal=multimodal),
+                params={"refresh": "true"},
+                what="index a test document",
+            )
+        answer = _request(
+            client,
+            "POST",
+            f"/{index}/_search",
+            body=rerank_search_body({"match_all": {}}, query_text=PROBE_QUERY, size=len(PROBE_DOCUMENTS)),
+            params={"search_pipeline": pipeline_id},
+            what=f"search through the pipeline {pipeline_id!r}",
+        )
+    except LycheeError as error:
+        return private_ip_hint(str(error))
+    finally:
+        try:
+            _delete(client, f"/{index}", what=f"delete the temporary index {index}")
+        except LycheeError as error:
+            logger.warning("%s", error)
+    hits = ((answer or {}).get("hits") or {}).get("hits") or []
+    scores = [hit.get("_score") for hit in hits]
+    if len(scores) != len(PROBE_DOCUMENTS):
+        return f"the test search through {pipeline_id!r} returned {len(scores)} hits for {len(PROBE_DOCUMENTS)}"
+    if not all(isinstance(score, (int, float)) and 0.0 <= score <= 1.0 for score in scores):
+        return f"the test search through {pipeline_id!r} came back without rerank scores: {scores}"
+    return None
 
 
 def uninstall_rerank_pipeline(
