@@ -163,3 +163,13 @@ def test_the_connection_cap_is_fitted_under_the_open_file_limit() -> None:
     assert ConnectionLimits(max_connections=100).fitted(1024).max_connections == 100
     with pytest.raises(ValueError, match="header_timeout_s"):
         ServerSettings(header_timeout_s=0)
+
+
+def test_a_body_over_the_limit_is_refused_from_its_headers_and_the_connection_closed(served: tuple[str, Any]) -> None:
+    url, _ = served
+    with _connect(url) as connection:
+        connection.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n")
+        answer = _read_all(connection)  # ends only when the server closes, without waiting for 100 MB
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 413 ")
+    assert b"connection: close" in head
