@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -58,6 +58,26 @@ _ACCEPTED = (
 
 
 @dataclass(frozen=True)
+class SettingNames:
+    """How refusal messages name the setting that would allow what a policy refused.
+
+    The defaults name :class:`MediaPolicy`'s fields, for library users; a program that builds the policy
+    from its own settings (the HTTP service: flags and environment variables) passes its own names.
+
+    Example:
+        >>> SettingNames().allow_private_urls
+        'MediaPolicy(allow_private_urls=True)'
+    """
+
+    max_image_bytes: str = "MediaPolicy.max_image_bytes"
+    max_image_pixels: str = "MediaPolicy.max_image_pixels"
+    allow_urls: str = "MediaPolicy(allow_urls=True)"
+    allow_private_urls: str = "MediaPolicy(allow_private_urls=True)"
+    local_roots: str = "MediaPolicy(local_roots=(...))"
+    fetch_timeout_s: str = "MediaPolicy.fetch_timeout_s"
+
+
+@dataclass(frozen=True)
 class MediaPolicy:
     """Where images may come from and how large they may be.
 
@@ -75,6 +95,7 @@ class MediaPolicy:
         fetch_timeout_s: Time allowed for a whole download, redirects included.
         max_redirects: Redirects followed before giving up.
         user_agent: Sent with every request.
+        setting_names: How refusal messages name the settings above (not compared).
     """
 
     max_image_bytes: int = 20 * 1024 * 1024
@@ -85,6 +106,7 @@ class MediaPolicy:
     fetch_timeout_s: float = 10.0
     max_redirects: int = 3
     user_agent: str = "lychee-rerank"
+    setting_names: SettingNames = field(default=SettingNames(), compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_image_bytes", "max_image_pixels", "fetch_timeout_s"):
@@ -150,7 +172,7 @@ def _check_bytes(size: int, policy: MediaPolicy, what: str) -> None:
         raise _error(
             "too_many_bytes",
             f"{what} is larger than the limit of {policy.max_image_bytes} bytes; send a smaller image "
-            "or raise MediaPolicy.max_image_bytes.",
+            f"or raise {policy.setting_names.max_image_bytes}.",
         )
 
 
@@ -160,7 +182,7 @@ def _check_pixels(size: tuple[int, int], policy: MediaPolicy) -> None:
         raise _error(
             "too_many_pixels",
             f"The image is {width}x{height} = {width * height} pixels, more than the limit of "
-            f"{policy.max_image_pixels}; send a smaller image or raise MediaPolicy.max_image_pixels.",
+            f"{policy.max_image_pixels}; send a smaller image or raise {policy.setting_names.max_image_pixels}.",
         )
 
 
@@ -169,8 +191,8 @@ def _read_local(path: Path, policy: MediaPolicy) -> bytes:
         if not policy.local_roots:
             raise _error(
                 "forbidden",
-                "Reading local files is disabled by this media policy (local_roots=()); send the image as "
-                "bytes, base64, a data URI or a URL, or allow a folder with MediaPolicy(local_roots=(...)).",
+                "Reading local files is disabled by this media policy (no folder is allowed); send the image as "
+                f"bytes, base64, a data URI or a URL, or allow a folder with {policy.setting_names.local_roots}.",
             )
         try:
             resolved = path.resolve()
@@ -181,7 +203,7 @@ def _read_local(path: Path, policy: MediaPolicy) -> bytes:
                 "forbidden",
                 f"The path {str(path)!r} is outside the folders this media policy allows "
                 f"({', '.join(policy.local_roots)}); move the image under one of them or add its folder "
-                "to MediaPolicy.local_roots.",
+                f"to {policy.setting_names.local_roots}.",
             )
         path = resolved  # read what was checked, not whatever the link points to later
     try:
@@ -253,7 +275,7 @@ def _judge_addresses(infos: list[tuple[Any, ...]], policy: MediaPolicy, shown: s
             raise _error(
                 "forbidden",
                 f"The URL {shown} resolves to {address}, a {kind} address; image URLs must point to public "
-                "hosts. Set MediaPolicy(allow_private_urls=True) to fetch from private networks.",
+                f"hosts. Set {policy.setting_names.allow_private_urls} to fetch from private networks.",
             )
     return addresses
 
@@ -404,7 +426,7 @@ def _fetch_errors(shown: str, policy: MediaPolicy) -> Iterator[None]:
         raise _error(
             "fetch_failed",
             f"Fetching {shown} took longer than the {policy.fetch_timeout_s} s "
-            "allowed; use a faster host or raise MediaPolicy.fetch_timeout_s.",
+            f"allowed; use a faster host or raise {policy.setting_names.fetch_timeout_s}.",
         ) from error
     except ImageError:
         raise
@@ -472,7 +494,7 @@ async def afetch_image_url(url: str, policy: MediaPolicy, client: httpx.AsyncCli
     _require_httpx(_redact(url))
     shown = _redact(url)
     if not policy.allow_urls:
-        raise _urls_disabled(url)
+        raise _urls_disabled(url, policy)
     if source_kind(url) != "url":
         raise _error("invalid_source", f"{shown!r} is not an http(s) URL.")
     deadline = time.monotonic() + policy.fetch_timeout_s
@@ -492,11 +514,11 @@ async def afetch_image_url(url: str, policy: MediaPolicy, client: httpx.AsyncCli
     raise _too_many_redirects(shown, policy)
 
 
-def _urls_disabled(text: str) -> ImageError:
+def _urls_disabled(text: str, policy: MediaPolicy) -> ImageError:
     return _error(
         "forbidden",
         f"Fetching image URLs is disabled by this media policy ({_redact(text)}); "
-        "send the image as bytes, base64 or a data URI, or set allow_urls=True.",
+        f"send the image as bytes, base64 or a data URI, or set {policy.setting_names.allow_urls}.",
     )
 
 
@@ -520,7 +542,7 @@ def _read_str(source: str, policy: MediaPolicy) -> bytes:
     kind = source_kind(text)
     if kind == "url":
         if not policy.allow_urls:
-            raise _urls_disabled(text)
+            raise _urls_disabled(text, policy)
         return _fetch_url(text, policy)
     if kind == "data_uri":
         return _read_data_uri(text, policy)

@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -224,15 +226,50 @@ INSTRUCTION_PRESETS: dict[str, str] = {
 """Named instructions. A fitting instruction moves scores by several points on the product's own test sets."""
 
 
-def resolve_instruction(instruction: str | None) -> str | None:
-    """Maps a preset name to its text; any other string is used as the instruction itself.
+INSTRUCTION_RULE = (
+    "An `instruction` is a preset name (default, " + ", ".join(INSTRUCTION_PRESETS) + ") or a sentence of your "
+    "own. Text that looks like a name (only ASCII letters, digits, `-` and `_`: no spaces, no punctuation) and "
+    "is not a preset is refused (422), so that a mistyped preset such as `ecomerce` is not silently used as "
+    "the instruction."
+)
+"""The rule :func:`resolve_instruction` applies, in words (the service's API docs quote it)."""
 
-    ``None``, ``""`` and ``"default"`` mean the profile's own default instruction.
+
+_NAME_LIKE = re.compile(r"[a-z0-9_-]+")
+
+
+def resolve_instruction(instruction: str | None) -> str | None:
+    """Maps a preset name to its text; an instruction of one's own is used as it is.
+
+    ``None``, ``""`` and ``"default"`` mean the profile's own default instruction. Preset names are matched
+    without regard to case or surrounding spaces. Text that looks like a name (only ASCII letters, digits,
+    ``-`` and ``_``) and is not a preset is refused: it is almost always a mistyped preset, and using it as
+    the instruction would silently change every score. Anything else (a sentence, text in a script
+    written without spaces) is an instruction of one's own.
+
+    Raises:
+        InvalidInputError: Name-like text that is not a preset; the message lists the presets and the
+            closest one.
 
     Example:
         >>> resolve_instruction("ecommerce")
         'Given a product image and description, retrieve similar products'
+        >>> resolve_instruction("ecomerce")
+        Traceback (most recent call last):
+        ...
+        lychee_rerank.core.errors.InvalidInputError: instruction: 'ecomerce' is not a preset ...
     """
     if instruction is None or not instruction.strip() or instruction.strip().lower() == "default":
         return None
-    return INSTRUCTION_PRESETS.get(instruction.strip().lower(), instruction)
+    name = instruction.strip().lower()
+    if name in INSTRUCTION_PRESETS:
+        return INSTRUCTION_PRESETS[name]
+    if _NAME_LIKE.fullmatch(name):
+        close = difflib.get_close_matches(name, ["default", *INSTRUCTION_PRESETS], n=1, cutoff=0.6)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise InvalidInputError(
+            f"instruction: {instruction.strip()[:60]!r} is not a preset; {guess}the presets are "
+            f"{', '.join(['default', *INSTRUCTION_PRESETS])}. An instruction of your own is a sentence "
+            "(with spaces), e.g. 'Given a product photo, retrieve matching listings'"
+        )
+    return instruction

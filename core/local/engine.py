@@ -253,13 +253,29 @@ class ScoringEngine:
 
     # -- public -----------------------------------------------------------------------------------
 
-    def score(self, query: Query, documents: Sequence[Document], instruction: str | None = None) -> list[float]:
-        """Probabilities that each document satisfies the query, in input order."""
+    def score(
+        self,
+        query: Query,
+        documents: Sequence[Document],
+        instruction: str | None = None,
+        *,
+        media_policy: MediaPolicy | None = None,
+    ) -> list[float]:
+        """Probabilities that each document satisfies the query, in input order.
+
+        ``media_policy`` replaces the engine's own for this call (a service reads images under its
+        settings, whatever the reranker it was given allows).
+        """
         if not documents:
             return []
-        return self.score_encoded([self.encode(query, documents, instruction)])[0]
+        return self.score_encoded([self.encode(query, documents, instruction, media_policy=media_policy)])[0]
 
-    def score_groups(self, groups: Sequence[tuple[Query, Sequence[Document], str | None]]) -> list[list[float]]:
+    def score_groups(
+        self,
+        groups: Sequence[tuple[Query, Sequence[Document], str | None]],
+        *,
+        media_policy: MediaPolicy | None = None,
+    ) -> list[list[float]]:
         """Scores several (query, documents, instruction) requests in shared batches.
 
         This is how a server merges small concurrent requests with *different* queries into the same
@@ -270,20 +286,27 @@ class ScoringEngine:
             InvalidInputError: Some group cannot be scored; the message names ``request k: document i``.
         """
         if len(groups) == 1:
-            return [self.score(*groups[0])]
+            return [self.score(*groups[0], media_policy=media_policy)]
         encoded = []
         for number, (query, documents, instruction) in enumerate(groups):
             try:
-                encoded.append(self.encode(query, documents, instruction))
+                encoded.append(self.encode(query, documents, instruction, media_policy=media_policy))
             except ImageError as error:
                 raise error.located(f"request {number}") from error
             except InvalidInputError as error:
                 raise InvalidInputError(f"request {number}: {error}") from error
         return self.score_encoded(encoded, share_prefix=False)
 
-    def encode(self, query: Query, documents: Sequence[Document], instruction: str | None = None) -> EncodedRequest:
+    def encode(
+        self,
+        query: Query,
+        documents: Sequence[Document],
+        instruction: str | None = None,
+        *,
+        media_policy: MediaPolicy | None = None,
+    ) -> EncodedRequest:
         """Everything about a request that needs no model: images read, decoded and preprocessed, each
-        pair rendered and tokenised.
+        pair rendered and tokenised. ``media_policy`` replaces the engine's own for this call.
 
         A server calls this before it queues the request (as text-embeddings-inference tokenises before
         its queue), so the scheduler budgets exact token counts and its one model thread never decodes an
@@ -294,7 +317,7 @@ class ScoringEngine:
         """
         if not documents:
             return EncodedRequest([], {})
-        images, query_key, document_keys = self._prepare_images(query, documents)
+        images, query_key, document_keys = self._prepare_images(query, documents, media_policy)
         with self.tokenizer_lock:
             pairs = self._encode_pairs(query, documents, instruction, images, query_key, document_keys)
         return EncodedRequest(pairs, images)
@@ -366,14 +389,14 @@ class ScoringEngine:
 
     # -- preparing inputs -------------------------------------------------------------------------
 
-    def _load(self, source: Any, where: str) -> LoadedImage:
+    def _load(self, source: Any, where: str, policy: MediaPolicy | None) -> LoadedImage:
         try:
-            return self._images.get_or_load(source, self.media_policy)
+            return self._images.get_or_load(source, policy or self.media_policy)
         except ImageError as error:
             raise error.located(where) from error.__cause__
 
     def _prepare_images(
-        self, query: Query, documents: Sequence[Document]
+        self, query: Query, documents: Sequence[Document], policy: MediaPolicy | None = None
     ) -> tuple[dict[str, _PreparedImage], str | None, list[str | None]]:
         """Decodes and preprocesses every distinct image of the request once.
 
@@ -383,7 +406,7 @@ class ScoringEngine:
         prepared: dict[str, _PreparedImage] = {}
 
         def prepare(source: Any, where: str) -> str:
-            loaded = self._load(source, where)
+            loaded = self._load(source, where, policy)
             if loaded.digest not in prepared:
                 try:
                     features = self.loaded.processor.image_processor(images=[loaded.image], return_tensors="pt")

@@ -20,24 +20,34 @@ from fastapi import FastAPI
 
 from lychee_rerank.core.local import LocalReranker
 from lychee_rerank.core.server.app import create_app
+from lychee_rerank.core.server.connections import ConnectionLimits, GuardedServer
 from lychee_rerank.core.server.settings import ServerSettings
 
 
 class BackgroundServer:
-    """uvicorn serving ``app`` on ``host`` (port 0: a free one) in a daemon thread.
+    """uvicorn serving ``app`` on ``host`` (port 0: a free one) in a daemon thread, as ``serve`` runs it.
 
     Args:
         app: An ASGI app.
         host: The address to bind.
         port: The port; 0 picks a free one.
         startup_timeout_s: How long to wait for the server (and the app's lifespan) to start.
+        limits: Connection deadlines and cap; default: the service's defaults.
     """
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, startup_timeout_s: float = 30.0) -> None:
-        import uvicorn
-
-        self.config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(self.config)
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout_s: float = 30.0,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        self.server = GuardedServer(
+            app, limits or ConnectionLimits(), host=host, port=port, log_level="warning", lifespan="on"
+        )
+        self.config = self.server.config
         self.startup_timeout_s = startup_timeout_s
         self._thread = threading.Thread(target=self.server.run, name="lychee-uvicorn", daemon=True)
         self.url = ""
@@ -96,5 +106,5 @@ def running_service(model: str | os.PathLike[str], *, device: str = "cpu", **set
         vision_cache_bytes=config.vision_cache_bytes,
     )
     app = create_app(reranker, config)
-    with BackgroundServer(app) as url:
+    with BackgroundServer(app, limits=config.connection_limits()) as url:
         yield RunningService(url, app, reranker, config)

@@ -17,25 +17,53 @@ from lychee_rerank.core.server.ray_serve import add_ray_arguments, options_from_
 from lychee_rerank.core.server.settings import ServerSettings, env_var
 
 DESCRIPTION = """\
-Loads the model and serves it over HTTP: the Cohere/Jina rerank API (/v1/rerank, /v2/rerank), the
-TEI rerank API (/rerank), the batch API (/rerank_batch, /score), /health, Prometheus /metrics, the
-OpenAPI docs (/docs) and, with the [ui] extra, a web UI (/ui).
+Load a reranking model and serve it over HTTP: /v1/rerank and /v2/rerank (Cohere/Jina), /rerank (also
+TEI), /rerank_batch, /score, /health, /metrics, the API docs at /docs and a browser UI at /ui.
 
-Every setting below is a flag and an environment variable; a flag wins over the variable. Prefer
-LYCHEE_API_KEY to --api-key, which other users can see in the process list.
+Every option can also be set by its environment variable (shown with each option); an option given
+here wins over the variable. With --api-key, /health, /metrics, /docs and /openapi.json stay open
+(--protect-docs closes all but /health) and the UI asks for the key as its password.
+Prefer LYCHEE_API_KEY to --api-key, which other users can see in the process list.
 """
 
 _HELP = {
-    "model": "hub id, checkpoint folder, or 'tiny'",
-    "served_model_name": "model name reported in responses",
-    "api_key": "require 'Authorization: Bearer KEY' on scoring routes",
-    "local_roots": "comma-separated folders under which local image paths may be read (default: none)",
-    "allow_private_urls": "allow image URLs on loopback/private/link-local addresses",
-    "json_documents": "parse string documents holding JSON {text, image} objects by default",
+    "model": "the model: a Hugging Face id, a local checkpoint folder, or 'tiny', a random test model whose "
+    "scores mean nothing (default: the profile's model, vec-ai/lychee-rerank-mm for lychee)",
+    "served_model_name": "the model name reported in answers (default: the model's own name)",
+    "host": "the address to listen on; 0.0.0.0 listens on every interface",
+    "port": "the port to listen on",
+    "header_timeout_s": "seconds a client has to send a request's headers after connecting (or after its "
+    "previous answer); slower clients get 408 and are disconnected",
+    "body_timeout_s": "seconds a client has to send a request's whole body once its headers are in; then 408",
+    "keep_alive_timeout_s": "seconds an idle keep-alive connection is kept open",
+    "max_connections": "open connections at most (lowered to fit the open-file limit, ulimit -n); when full, "
+    "the connection that has stalled longest is closed to make room",
+    "protect_docs": "with --api-key, also require the key on /metrics, /docs and /openapi.json",
+    "device": "where the model runs: cuda, cuda:1, cpu... (default: a GPU when there is one)",
+    "dtype": "the weights' type: bfloat16, float16 or float32 (default: bfloat16 on a GPU, float32 on CPU)",
+    "profile": "the model family's prompt layout: lychee, qwen3-vl-reranker or monoqwen2-vl",
+    "api_key": "require 'Authorization: Bearer KEY' on the scoring routes (and as the UI's password)",
+    "max_documents": "documents per request at most; more is answered 413",
+    "max_body_bytes": "request body size in bytes at most; more is answered 413 before it is parsed",
+    "max_image_bytes": "size of one image in bytes at most; more is answered 413",
+    "max_image_pixels": "width times height of one image at most, checked before decoding; more is answered 422",
+    "max_document_tokens": "tokens of a document's (and the query's) text; longer text is cut",
+    "max_queue": "requests waiting for the model at most; more is answered 429 with Retry-After",
+    "max_batch_tokens": "padded tokens per forward pass; lower it when the GPU runs out of memory",
+    "max_wait_ms": "milliseconds to wait for more requests to batch together",
+    "request_timeout_s": "seconds a request may take from arrival to answer, image downloads included; then 504",
+    "allow_urls": "fetch images given as http(s) URLs",
+    "allow_private_urls": "also fetch image URLs on loopback, private or link-local addresses (off: only "
+    "public hosts, which keeps clients from reaching internal services)",
+    "local_roots": "comma-separated folders under which image file paths may be read (default: no local files)",
+    "fetch_timeout_s": "seconds allowed to download one image URL",
+    "json_documents": "read string documents that hold a JSON {text, image} object as multimodal documents",
+    "ui": "serve the browser UI at /ui (needs the ui extra: pip install 'lychee-rerank[ui]')",
+    "torch_threads": "CPU threads for the model (default: torch's choice; 1 is often fastest on a small or "
+    "shared machine)",
+    "log_level": "how much the server logs: critical, error, warning, info, debug or trace",
     "image_cache_bytes": "memory for recently decoded images, in bytes, each kept at the model's pixel bounds (0: off)",
     "vision_cache_bytes": "memory for vision-tower outputs of recent images, in bytes, on the model's device (0: off)",
-    # -- the request path
-    "request_timeout_s": "seconds a request may take from arrival to answer, image downloads included; then 504",
     "max_request_text_bytes": "UTF-8 bytes of text (query, documents, instruction) one request may hold; more is 413",
     "max_fetches_per_request": "image URLs of one request downloaded at once",
     "max_concurrent_fetches": "image URLs downloaded at once by the whole service (shared fairly between requests)",
@@ -48,7 +76,12 @@ _SWITCH_INTERVAL_S = 0.0005
 
 def _add_setting(parser: argparse.ArgumentParser, name: str, annotation: str, default: Any) -> None:
     flag = "--" + name.replace("_", "-")
-    help_text = f"{_HELP.get(name, name.replace('_', ' '))} (env {env_var(name)}; default {default!r})"
+    text = _HELP.get(name, name.replace("_", " "))
+    if "(default" in text:  # the help says the default in words
+        help_text = f"{text} (env {env_var(name)})"
+    else:
+        shown = "none" if default in (None, ()) else str(default).lower() if isinstance(default, bool) else default
+        help_text = f"{text} (env {env_var(name)}; default: {shown})"
     if annotation.startswith("bool"):
         parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     elif annotation.startswith("int"):
@@ -92,11 +125,11 @@ def serve(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted."""
     for module in ("fastapi", "uvicorn", "torch", "transformers"):
         require(module, "server")  # one line naming the extra, not a traceback from deep inside
-    import uvicorn
 
     from lychee_rerank.core.local import LocalReranker
     from lychee_rerank.core.profiles import TINY_MODEL_NAME
     from lychee_rerank.core.server.app import create_app
+    from lychee_rerank.core.server.connections import GuardedServer
 
     settings = settings_from_args(args)
     # -- the request path: the event loop must win the GIL back quickly from threads that parse,
@@ -122,5 +155,8 @@ def serve(args: argparse.Namespace) -> int:
         vision_cache_bytes=settings.vision_cache_bytes,
     )
     app = create_app(reranker, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    server = GuardedServer(
+        app, settings.connection_limits(), host=settings.host, port=settings.port, log_level=settings.log_level
+    )
+    server.run()
     return 0

@@ -13,16 +13,56 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+from lychee_rerank.core.profiles import INSTRUCTION_PRESETS, INSTRUCTION_RULE
 
 _STRICT = ConfigDict(extra="forbid")
-TopN = Annotated[StrictInt, Field(ge=0, description="keep only the best N (0 keeps none)")]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's "integer" includes 5.0; a string or a boolean is still refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# The bound sits inside, next to StrictInt, so that it shows in the schema as "minimum".
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_number)]
+TopN = Annotated[
+    StrictInt, Field(ge=0), BeforeValidator(_whole_number), Field(description="keep only the best N (0 keeps none)")
+]
+AtLeastOne = Annotated[StrictInt, Field(ge=1), BeforeValidator(_whole_number)]
 MinScore = Annotated[
     StrictFloat | StrictInt, Field(allow_inf_nan=False, description="drop documents scoring under this")
 ]
+# The schema's pattern is the rule resolve_instruction applies (a preset name, or text that is not
+# name-like); the check itself stays in resolve_instruction, whose message lists the presets.
+_NOT_NAME_LIKE = "[^A-Za-z0-9_-]|^(?:" + "|".join(["default", *INSTRUCTION_PRESETS]) + ")$"
 Instruction = Annotated[
-    StrictStr, Field(max_length=4096, description="task instruction, or a preset name (ecommerce, academic...)")
+    StrictStr, Field(max_length=4096, description=INSTRUCTION_RULE, json_schema_extra={"pattern": _NOT_NAME_LIKE})
 ]
+_IMAGE = {
+    "type": "string",
+    "minLength": 1,
+    "description": "an http(s) URL, a data:image/...;base64, URI, or base64-encoded image bytes",
+}
+# The schema says "at least one non-blank character / one document"; the service itself answers a blank
+# query or an empty list with 400 and a message saying what to send (TEI's mapping), not a pydantic 422.
+# "Non-blank" as Python's str.strip sees it, which also strips the \x1c-\x1f separators and \x85.
+# Declared only, not enforced by pydantic, so that invalid Unicode in a query is also the service's 422
+# naming the field rather than pydantic's message.
+QueryText = Annotated[StrictStr, Field(json_schema_extra={"minLength": 1, "pattern": r"[^\s\u001c-\u001f\u0085]"})]
 
 
 # -- shared content ------------------------------------------------------------------------------
@@ -32,14 +72,54 @@ class ImageURL(BaseModel):
     """vLLM/OpenAI ``image_url`` part: ``{"url": ...}``."""
 
     model_config = ConfigDict(extra="forbid")
-    url: StrictStr
+    url: Annotated[StrictStr, Field(json_schema_extra=_IMAGE)]
     detail: StrictStr | None = None
+
+
+def _part_schema(schema: dict[str, Any]) -> None:
+    # The model reads any combination and checks it in the service; the schema says what is accepted.
+    # Refs are taken from the generated schema, so they follow whatever ref template is in use.
+    image_url_ref = next(option for option in schema["properties"]["image_url"]["anyOf"] if "$ref" in option)
+    url = {"anyOf": [image_url_ref, _IMAGE]}
+    shapes = (("text", "text", {"type": "string"}), ("image_url", "image_url", url), ("image", "image", _IMAGE))
+    schema.pop("properties", None)
+    schema.pop("required", None)
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "properties": {"type": {"const": kind}, field: value},
+            "required": ["type", field],
+            "additionalProperties": False,
+        }
+        for kind, field, value in shapes
+    ]
+
+
+def _content_schema(schema: dict[str, Any]) -> None:
+    listed = next(option for option in schema["properties"]["content"]["anyOf"] if option.get("type") == "array")
+    parts = {"type": "array", "items": listed["items"], "minItems": 1, "maxItems": 16}
+    image_part = {"properties": {"type": {"enum": ["image_url", "image"]}}, "required": ["type"]}
+    schema.pop("properties", None)
+    schema["oneOf"] = [
+        {
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "image": _IMAGE},
+            "minProperties": 1,
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"content": {**parts, "contains": image_part, "minContains": 0, "maxContains": 1}},
+            "required": ["content"],
+            "additionalProperties": False,
+        },
+    ]
 
 
 class ContentPart(BaseModel):
     """One part of a vLLM-style content list: text, or an image by URL, data URI or base64."""
 
-    model_config = _STRICT
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_part_schema)
     type: Literal["text", "image_url", "image"]
     text: StrictStr | None = None
     image_url: ImageURL | StrictStr | None = None
@@ -49,17 +129,19 @@ class ContentPart(BaseModel):
 class Content(BaseModel):
     """A query or document as an object: ``{text?, image?}`` or ``{content: [parts]}``.
 
-    ``image`` is an http(s) URL, a ``data:image/...;base64,`` URI, or base64-encoded bytes.
+    ``image`` is an http(s) URL, a ``data:image/...;base64,`` URI, or base64-encoded bytes. A content list
+    holds at most one image.
     """
 
-    model_config = _STRICT
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_content_schema)
     text: StrictStr | None = None
     image: StrictStr | None = None
     content: list[ContentPart] | None = Field(default=None, max_length=16)
 
 
 DocumentIn = StrictStr | Content
-QueryIn = StrictStr | Content
+QueryIn = QueryText | Content
+Documents = Annotated[list[DocumentIn], Field(json_schema_extra={"minItems": 1})]
 
 
 # -- Cohere v2 / Jina ----------------------------------------------------------------------------
@@ -77,17 +159,17 @@ class RerankRequest(BaseModel):
     model_config = _STRICT
     model: StrictStr | None = None
     query: QueryIn
-    documents: list[DocumentIn]
+    documents: Documents
     top_n: TopN | None = None
     return_documents: StrictBool = False
     instruction: Instruction | None = None
     min_score: MinScore | None = None
-    max_tokens_per_doc: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_tokens_per_doc: AtLeastOne | None = None
     rank_fields: list[StrictStr] | None = None
     # Sent by the Cohere SDK or Jina clients; accepted and ignored.
     priority: Any = None
     relevant_spans: Any = None
-    max_chunks_per_doc: StrictInt | None = None
+    max_chunks_per_doc: WholeNumber | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -163,8 +245,8 @@ class TEIRerankRequest(BaseModel):
     """TEI ``/rerank``: ``texts`` instead of ``documents``; unknown fields are ignored, as TEI does."""
 
     model_config = ConfigDict(extra="ignore")
-    query: StrictStr
-    texts: list[StrictStr]
+    query: QueryText
+    texts: Annotated[list[StrictStr], Field(json_schema_extra={"minItems": 1})]
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool = False
@@ -191,7 +273,7 @@ class BatchRequest(BaseModel):
     model_config = _STRICT
     instruction: Instruction | None = None
     query: QueryIn
-    documents: list[DocumentIn]
+    documents: Documents
     top_n: TopN | None = None
     min_score: MinScore | None = None
 
@@ -250,8 +332,11 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    """``/health``."""
+    """``/health``: whether the service answers, and what serves (model, device, dtype)."""
 
     status: Literal["ok", "loading", "unavailable"]
     model: str
+    device: str = Field(description="where the model runs: cpu, cuda, cuda:1...")
+    dtype: str = Field(description="the model's weights' type: float32, bfloat16...")
+    untrained: bool = Field(description="true for the random test model (`--model tiny`): its scores mean nothing")
     queue_depth: int

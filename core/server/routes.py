@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -13,7 +12,6 @@ from pydantic import BaseModel, ValidationError
 
 from lychee_rerank.core import wire
 from lychee_rerank.core.interface import rank
-from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.jsonio import OffLoopJSONRoute, json_response, off_loop, render_json
 from lychee_rerank.core.server.protocol import (
     BatchRequest,
@@ -61,25 +59,11 @@ def _state(request: Request) -> ServiceState:
     return state
 
 
-def require_api_key(request: Request) -> None:
-    """Checks ``Authorization: Bearer <key>`` in constant time when the service has a key."""
-    expected = _state(request).settings.api_key
-    if not expected:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected.encode()):
-        raise ServiceError(
-            401,
-            "unauthorized",
-            "a valid API key is required: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": 'Bearer realm="lychee-rerank"'},
-        )
-
-
 State = Annotated[ServiceState, Depends(_state)]
 # Bodies are parsed in a worker thread (OffLoopJSONRoute) and answers rendered in one (_respond): the
-# event loop only moves bytes, so /health answers while 59 MB bodies are being handled.
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS, route_class=OffLoopJSONRoute)
+# event loop only moves bytes, so /health answers while 59 MB bodies are being handled. The API key is
+# checked before the body is read, by access.ApiKeyMiddleware (not a dependency).
+router = APIRouter(responses=_ERRORS, route_class=OffLoopJSONRoute)
 Model = TypeVar("Model", bound=BaseModel)
 
 

@@ -33,6 +33,7 @@ from lychee_rerank.core.errors import InvalidInputError
 from lychee_rerank.core.inputs import Document, DocumentLike, Query, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker
 from lychee_rerank.core.local.engine import EncodedRequest, ScoringEngine
+from lychee_rerank.core.media import MediaPolicy
 from lychee_rerank.core.profiles import resolve_instruction
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.fetching import ImageFetcher
@@ -271,12 +272,13 @@ Prepare = Callable[[Query, list[Document], "str | None", "int | None"], Work]
 decodes and tokenises, so it runs in the preparing threads, never on the event loop or the model's thread."""
 
 
-def engine_preparer(engine: ScoringEngine, truncate: Truncator) -> Prepare:
-    """Prepare with the engine: truncate, then :meth:`ScoringEngine.encode`."""
+def engine_preparer(engine: ScoringEngine, truncate: Truncator, policy: MediaPolicy | None = None) -> Prepare:
+    """Prepare with the engine: truncate, then :meth:`ScoringEngine.encode` (images read under ``policy``)."""
 
     def prepare(query: Query, documents: list[Document], instruction: str | None, max_tokens: int | None) -> Work:
         query, documents = truncate.apply(query, documents, max_tokens)
-        return EncodedWork(engine.encode(query, documents, instruction), group_key(query, instruction))
+        encoded = engine.encode(query, documents, instruction, media_policy=policy)
+        return EncodedWork(encoded, group_key(query, instruction))
 
     return prepare
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lychee_rerank.core.media import MediaPolicy
+from lychee_rerank.core.media import MediaPolicy, SettingNames
 from lychee_rerank.core.wire import check_api_key
+
+if TYPE_CHECKING:
+    from lychee_rerank.core.server.connections import ConnectionLimits
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -28,6 +31,13 @@ class ServerSettings:
         served_model_name: The name reported in responses; default: the model's name.
         host: Address to listen on.
         port: Port to listen on.
+        header_timeout_s: Time a client has to send a request's line and headers, from connecting (or from
+            the previous answer); then it is answered 408 and closed.
+        body_timeout_s: Time a client has to send a request's whole body once the headers are in; then 408.
+        keep_alive_timeout_s: An idle keep-alive connection is closed after this many seconds.
+        max_connections: Open connections at most (lowered to fit the open-file limit); at the cap the
+            connection stalled longest is closed to make room, or the new one is answered 503.
+        protect_docs: With an API key, ``/metrics``, ``/docs`` and ``/openapi.json`` need it too.
         device: ``cuda``, ``cpu``...; default: CUDA when available.
         dtype: ``bfloat16``, ``float32``...; default per device.
         profile: The model profile (``lychee``...).
@@ -70,6 +80,13 @@ class ServerSettings:
     served_model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    # -- connections and access (slow clients, which routes need the key)
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keep_alive_timeout_s: float = 5.0
+    max_connections: int = 1000
+    protect_docs: bool = False
+    # --
     device: str | None = None
     dtype: str | None = None
     profile: str = "lychee"
@@ -113,6 +130,22 @@ class ServerSettings:
         for name in ("max_request_text_bytes", "max_fetches_per_request", "max_concurrent_fetches", "prepare_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The per-connection deadlines and the connection cap of these settings."""
+        from lychee_rerank.core.server.connections import ConnectionLimits  # uvicorn only when serving
+
+        return ConnectionLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keep_alive_timeout_s=self.keep_alive_timeout_s,
+            max_connections=self.max_connections,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerSettings:
@@ -132,9 +165,14 @@ class ServerSettings:
         return replace(cls(), **values)
 
     def media_policy(self) -> MediaPolicy:
-        """The service's media policy: :meth:`MediaPolicy.for_service` widened only by these settings."""
+        """The service's media policy: :meth:`MediaPolicy.for_service` widened only by these settings.
+
+        Its refusals name the service's flags and variables (``--allow-private-urls`` /
+        ``LYCHEE_ALLOW_PRIVATE_URLS``), which is what a service user can change.
+        """
         return replace(
             MediaPolicy.for_service(),
+            setting_names=SettingNames(**{item.name: setting_name(item.name) for item in fields(SettingNames)}),
             max_image_bytes=self.max_image_bytes,
             max_image_pixels=self.max_image_pixels,
             allow_urls=self.allow_urls,
@@ -147,6 +185,16 @@ class ServerSettings:
 def env_var(name: str) -> str:
     """The environment variable of a settings field."""
     return "LYCHEE_" + name.upper()
+
+
+def setting_name(name: str) -> str:
+    """How a message names a settings field to a service user: its flag and its variable.
+
+    Example:
+        >>> setting_name("local_roots")
+        '--local-roots / LYCHEE_LOCAL_ROOTS'
+    """
+    return f"--{name.replace('_', '-')} / {env_var(name)}"
 
 
 def parse_value(name: str, annotation: Any, raw: str) -> Any:

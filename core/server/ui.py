@@ -123,11 +123,20 @@ def result_rows(results: list[RerankResult], first_upload: int) -> list[list[Any
     ]
 
 
-def build_ui(reranker: Reranker) -> gradio.Blocks:
+UNTRAINED_WARNING = (
+    "Warning: this is the untrained test model (tiny). Its weights are random: the scores below mean "
+    "nothing. Start the service with a real model (--model vec-ai/lychee-rerank-mm) to rank."
+)
+_BANNER_STYLE = "background:#fff3cd;color:#5c4400;border:2px solid #d39e00;border-radius:6px;padding:0.6em 1em"
+
+
+def build_ui(reranker: Reranker, *, serving: str | None = None, untrained: bool = False) -> gradio.Blocks:
     """The Gradio app: a single-pair tab and a batch tab, both scoring with ``reranker``.
 
     Args:
         reranker: Any :class:`Reranker`; the service passes its scheduler-backed one.
+        serving: What serves, shown under the title (``model X on cuda (bfloat16)``).
+        untrained: Show a warning banner: the model is the random test model, its scores mean nothing.
 
     Raises:
         ImportError: gradio is missing; the message names the ``ui`` extra.
@@ -221,6 +230,13 @@ def build_ui(reranker: Reranker) -> gradio.Blocks:
     blocks: gradio.Blocks = gr.Blocks(title="Lychee Rerank", analytics_enabled=False)
     with blocks:
         gr.Markdown("# Lychee Rerank\nScore how well documents (text, images, or both) satisfy a query.")
+        if serving:
+            gr.Markdown(f"Serving: {serving}", elem_id="serving")
+        if untrained:
+            gr.HTML(
+                f'<div role="alert" style="{_BANNER_STYLE}"><b>{UNTRAINED_WARNING}</b></div>',
+                elem_id="untrained-warning",
+            )
         with gr.Tab("Single pair", elem_id="tab-pair"):
             with gr.Row():
                 with gr.Column():
@@ -289,7 +305,15 @@ def build_ui(reranker: Reranker) -> gradio.Blocks:
     return blocks
 
 
-def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api_key: str | None = None) -> None:
+def mount_ui(
+    app: fastapi.FastAPI,
+    reranker: Reranker,
+    *,
+    path: str = "/ui",
+    api_key: str | None = None,
+    serving: str | None = None,
+    untrained: bool = False,
+) -> None:
     """Serves :func:`build_ui` on ``app`` at ``path``.
 
     Args:
@@ -298,7 +322,10 @@ def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api
         path: Where the UI is served.
         api_key: The service's API key, if it has one. A browser cannot send a Bearer header, so the UI
             then shows a login form whose password is the API key (any user name); without this the UI
-            would be a way around the key.
+            would be a way around the key. The service throttles wrong keys per client (see
+            :mod:`lychee_rerank.core.server.access`).
+        serving: What serves, shown under the title.
+        untrained: Show the warning banner of the random test model.
 
     Raises:
         ImportError: gradio is missing; the message names the ``ui`` extra.
@@ -313,7 +340,7 @@ def mount_ui(app: fastapi.FastAPI, reranker: Reranker, *, path: str = "/ui", api
     # REST API is the programmatic interface, so Gradio's own "Use via API" footer link is left out.
     gr.mount_gradio_app(
         app,
-        build_ui(reranker),
+        build_ui(reranker, serving=serving, untrained=untrained),
         path=path,
         ssr_mode=False,
         mcp_server=False,

@@ -26,6 +26,9 @@ from typing import Any
 
 from lychee_rerank.core.profiles import TINY_MODEL_NAME
 
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS.md"
+"""A file every checkpoint written here holds, so a service can say its scores mean nothing."""
+
 # Qwen2.5-VL's special tokens. The names matter (the processor and the chat template look them up); the
 # ids are whatever the tokenizer gives them and are written into the model config. All of Qwen's are
 # here, so that tests can check that no user text ever becomes any of them.
@@ -495,7 +498,16 @@ def write_tiny_checkpoint(
     model = build_model(SHAPES[shape], tokenizer, seed=seed, architecture=architecture)
     processor.save_pretrained(path)
     model.save_pretrained(path, safe_serialization=True)
+    (path / RANDOM_WEIGHTS_MARKER).write_text(
+        f"# Random weights\n\nA {shape!r} test checkpoint with seeded random weights (lychee-rerank's "
+        "write_tiny_checkpoint): it exercises the code, and its scores mean nothing.\n"
+    )
     return path
+
+
+def has_random_weights(folder: str | os.PathLike[str]) -> bool:
+    """Whether ``folder`` is a checkpoint written by :func:`write_tiny_checkpoint` (untrained)."""
+    return (Path(folder) / RANDOM_WEIGHTS_MARKER).is_file()
 
 
 def tiny_checkpoint_cache() -> Path:
