@@ -9,7 +9,6 @@ private URLs, since loopback addresses are refused otherwise.
 from __future__ import annotations
 
 import asyncio
-import base64
 import http.server
 import io
 import json
@@ -245,28 +244,49 @@ def test_free_download_slots_go_to_waiting_requests_in_turn() -> None:
     assert asyncio.run(scenario()) == ["greedy0", "modest"]
 
 
-def test_a_text_request_is_not_held_behind_requests_whose_images_are_decoding(tiny_model_dir: Path) -> None:
-    # Four large images (cheap to send, slow to decode and resize), each in its own request, then text.
-    images = [_png((3000, 3000), (40 * n, 200, 30)) for n in range(4)]
-    with running_service(tiny_model_dir, prepare_threads=3) as service:
-        order: list[str] = []
-        answers: dict[str, httpx.Response] = {}
+def test_a_text_request_is_not_held_behind_requests_whose_images_are_decoding(tiny_reranker: LocalReranker) -> None:
+    """Image requests are prepared (decoded) on a pool of their own, off the model's worker: a text request
+    is answered while every image thread is still busy. The image preparation is held by a gate rather
+    than made slow, so the order does not depend on how busy the machine is."""
+    engine = tiny_reranker.engine
+    truncate = Truncator(engine.loaded.tokenizer, 4096, lock=engine.tokenizer_lock)
+    real_prepare = engine_preparer(engine, truncate)
+    release, decoding = threading.Event(), threading.Semaphore(0)
 
-        def post(name: str, body: dict[str, Any]) -> None:
-            answers[name] = httpx.post(f"{service.url}/v1/rerank", json=body, timeout=120)
-            order.append(name)
+    def prepare(query: Query, documents: list[Document], instruction: str | None, max_tokens: int | None) -> Any:
+        if query.has_image or any(document.has_image for document in documents):
+            decoding.release()
+            release.wait(60)  # an image that takes as long to decode as the test needs
+        return real_prepare(query, documents, instruction, max_tokens)
 
-        threads = []
-        for n, data in enumerate(images):
-            body = {"query": "q", "documents": [{"image": "data:image/png;base64," + base64.b64encode(data).decode()}]}
-            threads.append(threading.Thread(target=post, args=(f"image{n}", body)))
-            threads[-1].start()
-        time.sleep(0.5)  # the image requests have arrived and are decoding
-        post("text", {"query": "q", "documents": ["a short text document"]})
-        for thread in threads:
-            thread.join(120)
-        assert all(answer.status_code == 200 for answer in answers.values())
-        assert order[0] == "text"  # answered while every image request was still decoding or queued
+    scheduler: Scheduler[Any] = Scheduler(engine_batches(engine), max_wait_ms=0)
+    scorer = ScheduledReranker(scheduler, 120.0, prepare=prepare, prepare_threads=3)  # 2 image threads
+    scheduler.start()
+    picture = Image.new("RGB", (64, 48), (200, 30, 90))
+
+    async def scenario() -> tuple[list[float], bool, list[list[float]]]:
+        loop = asyncio.get_running_loop()
+        image_calls = [asyncio.ensure_future(scorer.ascore("q", [Document(image=picture)])) for _ in range(4)]
+        for _ in range(2):  # both image threads are busy "decoding"; two more image requests wait for them
+            assert await loop.run_in_executor(None, decoding.acquire, True, 60)
+        try:
+            text = await asyncio.wait_for(scorer.ascore("q", ["a short text document"]), 60)
+            images_still_waiting = not any(call.done() for call in image_calls)
+        finally:
+            release.set()
+        images = await asyncio.gather(*image_calls)
+        await scorer.aclose()
+        return text, images_still_waiting, images
+
+    try:
+        text, images_still_waiting, images = asyncio.run(scenario())
+    finally:
+        release.set()
+        scheduler.close()
+    assert images_still_waiting
+    assert text == pytest.approx(engine.score(Query("q"), [Document("a short text document")]), abs=1e-6)
+    assert len(images) == 4
+    assert all(len(scores) == 1 for scores in images)
 
 
 # -- 4. the event loop never blocks; exact token counts; a text limit --------------------------------
