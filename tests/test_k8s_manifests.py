@@ -110,7 +110,9 @@ def test_rayservice_matches_kuberays_structure_and_holds_a_valid_serve_config(va
     config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     application = config["applications"][0]
     assert application["args"]["model"] == values.get("model", "vec-ai/lychee-rerank-mm")
-    assert application["deployments"][0]["ray_actor_options"]["num_gpus"] == 1
+    deployments = {deployment["name"]: deployment for deployment in application["deployments"]}
+    assert deployments["LycheeRerank"]["ray_actor_options"]["num_gpus"] == 1
+    assert "num_gpus" not in deployments["LycheeRerankIngress"]["ray_actor_options"]  # no model, no GPU
     try:
         from ray.serve.schema import ServeDeploySchema
     except ImportError:

@@ -1,17 +1,23 @@
 """The service on Ray Serve: the same FastAPI app (:func:`create_app`) as N replicas, one model each.
 
-Each replica builds the whole app — every route, error body, limit, metric and the OpenAPI schema — around
-its own :class:`~lychee_rerank.core.local.LocalReranker`, inside the Ray actor (``serve.ingress`` with a
-builder function), so nothing about the API is re-declared for Ray. Responses carry ``x-lychee-replica``,
-the replica's id. Ray Serve routes each request to the less busy of two replicas and queues what none can
-take; its settings are the flags below and the deployment options of a Serve config file.
+Two deployments make one Serve application:
 
-Backpressure has two layers, both answering 429 with ``Retry-After``:
+- ``LycheeRerank``, the model replicas: each builds the whole app (every route, error body, limit, metric
+  and the OpenAPI schema) around its own :class:`~lychee_rerank.core.local.LocalReranker` and answers
+  requests handed to it whole (:class:`~lychee_rerank.core.server.forwarding.AppHost`). Its responses
+  carry ``x-lychee-replica``, the replica's id.
+- ``LycheeRerankIngress``, in front, with no model: Ray Serve's HTTP proxy hands it every request; it checks
+  the API key and the body limit, and passes the request to a model replica through a deployment handle
+  (:class:`~lychee_rerank.core.server.forwarding.Forwarder`). Ray routes each to the less busy of two
+  replicas. When a replica dies while it holds a request, Ray's proxy would answer that request 500; the
+  ingress instead replays it on another replica, or answers 503 with ``Retry-After`` when none can take it,
+  so no request is lost to a replica's death.
 
-- inside a replica, the service's own queue (``max_queue``), with the service's JSON error body;
-- in front of the replicas, Ray Serve's queue (``max_queued_requests``). Ray Serve answers 503 by default;
-  where the installed Ray has ``BackpressureConfig`` (2.5x on) it is set to 429 with ``Retry-After``,
-  and older Rays keep their 503 (which :class:`~lychee_rerank.core.RemoteReranker` retries too).
+Backpressure has two layers, both answering 429 with ``Retry-After`` and the service's JSON error body:
+
+- inside a replica, the service's own queue (``max_queue``);
+- in front of the replicas, Ray Serve's queue of the model deployment (``max_queued_requests``): the
+  ingress turns its refusal into the same 429.
 
 Two ways in:
 
@@ -29,12 +35,15 @@ import argparse
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.server.settings import ServerSettings, parse_value
+
+if TYPE_CHECKING:
+    from lychee_rerank.core.server.forwarding import ReplicaTrouble
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +51,10 @@ APP_NAME = "lychee-rerank"
 """The Serve application's name (``serve status`` shows it)."""
 
 DEPLOYMENT_NAME = "LycheeRerank"
-"""The deployment's name: a Serve config overrides its options under ``deployments: - name: LycheeRerank``."""
+"""The model deployment's name: a Serve config overrides its options under ``deployments: - name: LycheeRerank``."""
+
+INGRESS_NAME = "LycheeRerankIngress"
+"""The ingress deployment's name (no model: it carries requests to the model replicas)."""
 
 REPLICA_HEADER = "x-lychee-replica"
 """The response header naming the replica that answered."""
@@ -65,11 +77,13 @@ class RayOptions:
             replica's own queue answers 429 first, with the service's JSON error body, and Ray's queue
             only holds what arrives while no replica can take it (replicas starting or replaced).
         max_queued_requests: Requests Ray Serve queues in front of the replicas; more are answered 429
-            (503 on a Ray without ``BackpressureConfig``). -1: no limit.
-        retry_after_s: The ``Retry-After`` Ray Serve sends with that 429.
+            by the ingress. -1: no limit.
+        retry_after_s: The ``Retry-After`` of that 429, and of the 503 sent when no replica could answer.
         gpus_per_replica: GPUs each replica holds; ``None``: 1 when the model runs on CUDA (``--device
             cuda``, or no device and the cluster has GPUs), else 0.
         cpus_per_replica: CPUs each replica reserves in Ray's accounting.
+        ingress_replicas: Replicas of the ingress (no model, no CPU reserved): more than one only for
+            availability, as each carries thousands of requests.
     """
 
     address: str | None = None
@@ -82,10 +96,13 @@ class RayOptions:
     retry_after_s: float = 1.0
     gpus_per_replica: float | None = None
     cpus_per_replica: float = 1.0
+    ingress_replicas: int = 1
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.ingress_replicas < 1:
+            raise ValueError(f"--ingress-replicas must be at least 1, got {self.ingress_replicas}")
         if (self.min_replicas is None) != (self.max_replicas is None):
             raise ValueError("give both --min-replicas and --max-replicas to autoscale, or neither")
         if (
@@ -119,9 +136,10 @@ _FLAG_HELP = {
     "target_ongoing_requests": "autoscale: requests per replica to aim at (default 16)",
     "max_ongoing_requests": "requests one replica holds at once; more wait in Ray's queue (default --max-queue + 64)",
     "max_queued_requests": "requests Ray Serve queues before answering 429; -1: no limit (default 256)",
-    "retry_after_s": "Retry-After of Ray Serve's 429 (default 1)",
+    "retry_after_s": "Retry-After of that 429 and of the 503 when no replica can answer (default 1)",
     "gpus_per_replica": "GPUs per replica (default: 1 when the model runs on CUDA, else 0)",
     "cpus_per_replica": "CPUs per replica in Ray's accounting (default 1)",
+    "ingress_replicas": "replicas of the ingress, which holds no model (default 1)",
 }
 _FLAGS = {"address": "--ray-address"}
 
@@ -202,6 +220,35 @@ def deployment_options(
     return result
 
 
+def ingress_options(options: RayOptions, settings: ServerSettings) -> dict[str, Any]:
+    """The keyword arguments of ``serve.deployment`` for the ingress.
+
+    It reserves no CPU (it only carries bytes, and must find room beside replicas that take every core)
+    and holds more requests at once than the model replicas and their queue can, so that an overloaded
+    service is refused by the model tier's queue, which the ingress answers 429 in the service's body,
+    rather than by Ray's proxy in front of the ingress, in Ray's text.
+
+    Example:
+        >>> ingress_options(RayOptions(replicas=2, max_queued_requests=10), ServerSettings(max_queue=6))[
+        ...     "max_ongoing_requests"]
+        420
+    """
+    per_replica = options.max_ongoing_requests or settings.max_queue + _IN_FLIGHT_MARGIN
+    replicas = options.max_replicas if options.max_replicas is not None else options.replicas
+    queued = options.max_queued_requests if options.max_queued_requests >= 0 else _UNBOUNDED_QUEUE
+    return {
+        "name": INGRESS_NAME,
+        "num_replicas": options.ingress_replicas,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": per_replica * replicas + queued + _IN_FLIGHT_MARGIN * 4,
+        "logging_config": _logging_config(settings.log_level),
+    }
+
+
+_UNBOUNDED_QUEUE = 4096
+"""What the ingress budgets for the model tier's queue when it has no limit."""
+
+
 def _logging_config(log_level: str) -> dict[str, Any]:
     # uvicorn's level names, as `serve --log-level` takes them, in Ray's terms; the access log only at info.
     level = {"trace": "DEBUG", "debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR"}
@@ -264,8 +311,101 @@ def replica_app(overrides: Mapping[str, Any], replica: str) -> Any:
     return app
 
 
+class ModelReplica:
+    """A model replica: the service's app around one model, answering requests the ingress hands over whole.
+
+    A Ray Serve deployment class (``serve.deployment(ModelReplica)``): Ray builds one per replica actor.
+    """
+
+    # Ray runs an `async def __init__` on the replica's event loop, where requests will run: the app's
+    # lifespan (its scheduler) must start there.
+    async def __init__(self, overrides: Mapping[str, Any]) -> None:  # type: ignore[misc]
+        from ray import serve
+
+        from lychee_rerank.core.server.forwarding import AppHost
+
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.app = replica_app(overrides, self.replica)
+        self.host = AppHost(self.app)
+        await self.host.start()
+
+    async def answer(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        """One request through the app: the ASGI messages it sends (a streaming Serve method)."""
+        async for message in self.host.handle(scope, body):
+            yield message
+
+    def check_health(self) -> None:
+        """Ray's health check: a replica whose scheduler has stopped is replaced."""
+        if not self.app.state.scheduler.running:
+            raise RuntimeError(f"replica {self.replica}: the scheduler is not running")
+
+    async def __del__(self) -> None:
+        await self.host.stop()
+
+
+def ingress_app(settings: ServerSettings, options: RayOptions, replicas: Any) -> Any:
+    """The ingress's ASGI app: API key, body limit, then each request to a model replica through ``replicas``.
+
+    Args:
+        settings: The service's settings (the key, the body limit, the request timeout).
+        options: The Ray options (``retry_after_s``).
+        replicas: A deployment handle on the model deployment.
+    """
+    from lychee_rerank.core.server.access import ApiKeyMiddleware
+    from lychee_rerank.core.server.forwarding import Forwarder
+    from lychee_rerank.core.server.limits import BodyLimitMiddleware
+
+    streaming = replicas.options(method_name="answer", stream=True)
+
+    def send_to_replica(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        return cast("AsyncIterator[dict[str, Any]]", streaming.remote(scope, body))
+
+    forwarder = Forwarder(
+        send_to_replica,
+        lambda error: replica_trouble(error, options.retry_after_s),
+        retry_after_s=options.retry_after_s,
+        time_budget_s=settings.request_timeout_s,
+    )
+    limited = BodyLimitMiddleware(forwarder, max_body_bytes=settings.max_body_bytes)
+    return ApiKeyMiddleware(limited, api_key=settings.api_key, protect_docs=settings.protect_docs)
+
+
+def replica_trouble(error: BaseException, retry_after_s: float) -> ReplicaTrouble | None:
+    """What an error from the model deployment's handle means for the request (see :class:`Forwarder`).
+
+    - the replica's actor died or cannot be reached (``RayActorError``): replay on another;
+    - the model deployment's queue is full (``BackPressureError``): 429 with ``Retry-After``;
+    - the deployment failed to deploy (``DeploymentUnavailableError``): 503 with ``Retry-After``;
+    - anything else is a fault of ours: ``None`` (500, logged).
+    """
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    from lychee_rerank.core.server.forwarding import ReplicaTrouble
+
+    if isinstance(error, BackPressureError):
+        wait = getattr(error, "retry_after_s", None) or retry_after_s
+        return ReplicaTrouble(
+            retry=False,
+            status=429,
+            retry_after_s=wait,
+            message="every replica is busy and Ray Serve's queue in front of them is full; "
+            "retry after the Retry-After delay",
+        )
+    if isinstance(error, RayActorError):
+        return ReplicaTrouble(retry=True)
+    if isinstance(error, DeploymentUnavailableError):
+        return ReplicaTrouble(
+            retry=False,
+            status=503,
+            retry_after_s=retry_after_s,
+            message="the model replicas failed to start (see `serve status`); retry once they run",
+        )
+    return None
+
+
 def build_application(overrides: Mapping[str, Any], options: RayOptions) -> Any:
-    """The Serve application (a bound deployment) for ``serve.run``.
+    """The Serve application (the ingress bound to the model deployment) for ``serve.run``.
 
     Args:
         overrides: Service settings by field name; each replica applies them over its own environment.
@@ -277,17 +417,19 @@ def build_application(overrides: Mapping[str, Any], options: RayOptions) -> Any:
     settings = ServerSettings.from_env(**overrides)  # fails here, not in every replica, on a bad value
     frozen = dict(overrides)
 
-    def build_replica_app() -> Any:
-        # Runs inside each replica actor when it starts.
-        context = serve.get_replica_context()
-        return replica_app(frozen, context.replica_id.unique_id)
-
     def cluster_gpus() -> float:
         return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
-    ingress = serve.ingress(build_replica_app)()
-    deployment = serve.deployment(ingress, **deployment_options(options, settings, cluster_gpus=cluster_gpus))
-    return deployment.bind()
+    def build_ingress_app() -> Any:
+        # Runs inside each ingress replica when it starts; its environment holds the key.
+        app_name = serve.get_replica_context().app_name
+        replicas = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+        return ingress_app(ServerSettings.from_env(**frozen), options, replicas)
+
+    model = serve.deployment(ModelReplica, **deployment_options(options, settings, cluster_gpus=cluster_gpus))
+    ingress = serve.deployment(serve.ingress(build_ingress_app)(), **ingress_options(options, settings))
+    # The model deployment is bound as the ingress's argument so that it is part of the application.
+    return ingress.bind(model.bind(frozen))
 
 
 def build_app(args: Mapping[str, Any]) -> Any:

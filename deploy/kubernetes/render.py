@@ -199,6 +199,8 @@ def serve_config(values: Values) -> dict[str, Any]:
     if not values.gpus:
         application["args"]["device"] = "cpu"
     for deployment in application["deployments"]:
+        if deployment["name"] != "LycheeRerank":
+            continue  # the ingress holds no model and takes no GPU
         deployment["ray_actor_options"]["num_gpus"] = min(values.gpus, 1)
         deployment["autoscaling_config"]["max_replicas"] = values.max_workers * max(values.gpus, 1)
     return config
