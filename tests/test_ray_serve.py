@@ -93,7 +93,8 @@ def ray_service(tiny_model_dir: Path) -> Iterator[str]:
     port = _free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        overrides = {"model": str(tiny_model_dir), "device": "cpu", "ui": False, "torch_threads": 1}
+        # The UI on: the ingress serves it (a browser session stays in one process), the replicas do not.
+        overrides = {"model": str(tiny_model_dir), "device": "cpu", "ui": True, "torch_threads": 1}
         # Half a CPU each in Ray's accounting, so that the Ray Data test below finds room beside them.
         options = RayOptions(replicas=REPLICAS, cpus_per_replica=0.5, max_ongoing_requests=2, max_queued_requests=2)
         serve.run(build_application(overrides, options), name=APP_NAME, route_prefix="/")
@@ -123,6 +124,23 @@ def test_same_scores_errors_and_schema_as_the_single_process_service(ray_service
         assert http.get(f"{ray_service}/openapi.json").json() == http.get(f"{single.url}/openapi.json").json()
         assert http.get(f"{ray_service}/health").json()["status"] == "ok"
         assert "lychee_queue_depth" in http.get(f"{ray_service}/metrics").text
+
+
+def test_the_ui_is_served_by_the_ingress_not_by_a_replica(ray_service: str) -> None:
+    page = httpx.get(f"{ray_service}/ui/", timeout=60)
+    assert page.status_code == 200
+    assert "gradio" in page.text.lower()
+    assert REPLICA_HEADER not in page.headers  # not served by a model replica
+    config = httpx.get(f"{ray_service}/ui/config", timeout=60).json()
+    assert any(component.get("props", {}).get("elem_id") == "pair-score-button" for component in config["components"])
+
+
+def test_ingress_replicas_above_one_need_the_ui_off(tiny_model_dir: Path) -> None:
+    from lychee_rerank.core.errors import LycheeError
+
+    with pytest.raises(LycheeError, match="--ingress-replicas 1, or --no-ui"):
+        build_application({"model": str(tiny_model_dir), "ui": True}, RayOptions(ingress_replicas=2))
+    assert build_application({"model": str(tiny_model_dir), "ui": False}, RayOptions(ingress_replicas=2))
 
 
 def test_both_replicas_serve(ray_service: str) -> None:

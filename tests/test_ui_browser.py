@@ -28,6 +28,7 @@ from lychee_rerank.core.profiles import INSTRUCTION_PRESETS
 from lychee_rerank.core.server.app import create_app
 from lychee_rerank.core.server.settings import ServerSettings
 from lychee_rerank.core.server.ui import mount_ui, parse_document_lines
+from lychee_rerank.core.testing.replicas import running_ingress
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -43,9 +44,15 @@ CHROMIUM_ARGS = [
 DISPLAY_TOLERANCE = 1e-6
 
 
-@pytest.fixture(scope="module")
-def service_url(tiny_reranker: LocalReranker) -> Iterator[str]:
-    """The real service on the tiny model, under uvicorn in a background thread."""
+@pytest.fixture(scope="module", params=["service", "ray-ingress"])
+def service_url(request: pytest.FixtureRequest, tiny_reranker: LocalReranker) -> Iterator[str]:
+    """The real service on the tiny model, under uvicorn in a background thread; or the Ray Serve ingress's
+    app in front of it (the UI is then the ingress's, and its scoring is forwarded to the service app)."""
+    if request.param == "ray-ingress":
+        service = create_app(tiny_reranker, ServerSettings(log_level="warning", ui=False))
+        with running_ingress(service, ServerSettings(log_level="warning")) as (url, _):
+            yield url
+        return
     app = create_app(tiny_reranker, ServerSettings(log_level="warning"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound here and handed over, so no other process can take the port

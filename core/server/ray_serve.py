@@ -37,7 +37,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from lychee_rerank.core.errors import LycheeError
 from lychee_rerank.core.server.settings import ServerSettings, parse_value
@@ -343,33 +343,6 @@ class ModelReplica:
         await self.host.stop()
 
 
-def ingress_app(settings: ServerSettings, options: RayOptions, replicas: Any) -> Any:
-    """The ingress's ASGI app: API key, body limit, then each request to a model replica through ``replicas``.
-
-    Args:
-        settings: The service's settings (the key, the body limit, the request timeout).
-        options: The Ray options (``retry_after_s``).
-        replicas: A deployment handle on the model deployment.
-    """
-    from lychee_rerank.core.server.access import ApiKeyMiddleware
-    from lychee_rerank.core.server.forwarding import Forwarder
-    from lychee_rerank.core.server.limits import BodyLimitMiddleware
-
-    streaming = replicas.options(method_name="answer", stream=True)
-
-    def send_to_replica(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
-        return cast("AsyncIterator[dict[str, Any]]", streaming.remote(scope, body))
-
-    forwarder = Forwarder(
-        send_to_replica,
-        lambda error: replica_trouble(error, options.retry_after_s),
-        retry_after_s=options.retry_after_s,
-        time_budget_s=settings.request_timeout_s,
-    )
-    limited = BodyLimitMiddleware(forwarder, max_body_bytes=settings.max_body_bytes)
-    return ApiKeyMiddleware(limited, api_key=settings.api_key, protect_docs=settings.protect_docs)
-
-
 def replica_trouble(error: BaseException, retry_after_s: float) -> ReplicaTrouble | None:
     """What an error from the model deployment's handle means for the request (see :class:`Forwarder`).
 
@@ -420,16 +393,33 @@ def build_application(overrides: Mapping[str, Any], options: RayOptions) -> Any:
     def cluster_gpus() -> float:
         return float(ray.cluster_resources().get("GPU", 0)) if ray.is_initialized() else 0.0
 
+    if settings.ui and options.ingress_replicas > 1:
+        raise LycheeError(
+            "the UI keeps each browser session in one ingress replica, and Ray routes a session's requests to "
+            "any of them: give --ingress-replicas 1, or --no-ui (ui: false in a Serve config)"
+        )
+    retry_after_s = options.retry_after_s
+    serving = f"model {settings.served_model_name or settings.model} on Ray Serve"
+
     def build_ingress_app() -> Any:
         # Runs inside each ingress replica when it starts; its environment holds the key.
+        from lychee_rerank.core.server.ingress import ingress_app
+
         app_name = serve.get_replica_context().app_name
         replicas = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
-        return ingress_app(ServerSettings.from_env(**frozen), options, replicas)
+        return ingress_app(
+            ServerSettings.from_env(**frozen),
+            replicas,
+            lambda error: replica_trouble(error, retry_after_s),
+            retry_after_s=retry_after_s,
+            serving=serving,
+        )
 
     model = serve.deployment(ModelReplica, **deployment_options(options, settings, cluster_gpus=cluster_gpus))
     ingress = serve.deployment(serve.ingress(build_ingress_app)(), **ingress_options(options, settings))
+    # The UI is the ingress's (a browser session must stay in one process); the replicas serve none.
     # The model deployment is bound as the ingress's argument so that it is part of the application.
-    return ingress.bind(model.bind(frozen))
+    return ingress.bind(model.bind({**frozen, "ui": False}))
 
 
 def build_app(args: Mapping[str, Any]) -> Any:
