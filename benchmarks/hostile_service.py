@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.server
 import io
 import json
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -40,48 +39,18 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _service
+
 WORDS = ("white", "linen", "shirt", "red", "summer", "dress", "chart", "revenue", "figure", "table", "wool")
 
 
 # -- the server and the image hosts -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def served(model: str, extra: list[str]) -> Iterator[tuple[str, int]]:
-    """``lychee-rerank serve`` in a subprocess; yields its URL and process id once ``/health`` answers."""
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "lychee_rerank.core.cli", "serve", "--model", model, "--port", str(port),
-        "--no-ui", "--log-level", "warning", "--allow-private-urls", *extra,
-    ]  # fmt: skip
-    process = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy in 300 s")
-            time.sleep(0.2)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def served(model: str, extra: list[str]) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    """``lychee-rerank serve`` allowed to fetch from loopback (the image hosts below); yields URL and pid."""
+    return _service.served(model, ["--allow-private-urls", *extra])
 
 
 def _png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:

@@ -30,13 +30,14 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_service import _checkpoint, _free_port, run_load, started_server
+from _service import free_port
+from load_service import _checkpoint, run_load, started_server
 
 
 @contextmanager
 def started_ray_service(model: str, replicas: int, extra: list[str]) -> Iterator[str]:
     """``lychee-rerank serve --ray --replicas N`` in a subprocess; yields its URL once every replica answers."""
-    port = _free_port()
+    port = free_port()
     command = [
         sys.executable, "-m", "lychee_rerank.core.cli", "serve", "--ray", "--replicas", str(replicas),
         "--model", model, "--port", str(port), "--no-ui", "--log-level", "warning", "--ray-address", "local", *extra,

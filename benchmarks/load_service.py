@@ -18,8 +18,6 @@ import io
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _service import served
 
 WORDS = (
     "white",
@@ -167,12 +168,6 @@ async def run_load(
     return result
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _checkpoint(model: str) -> str:
     if model != "small":
         return model
@@ -187,34 +182,9 @@ def _checkpoint(model: str) -> str:
 
 @contextmanager
 def started_server(model: str, extra: list[str]) -> Iterator[str]:
-    """``lychee-rerank serve`` in a subprocess on a free port; yields its URL once /health answers."""
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "lychee_rerank.core.cli", "serve", "--model", _checkpoint(model),
-        "--port", str(port), "--no-ui", "--log-level", "warning", *extra,
-    ]  # fmt: skip
-    process = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy in 300 s")
-            time.sleep(0.2)
+    """``lychee-rerank serve`` on ``model`` (``small`` is written first) on a free port; yields its URL."""
+    with served(_checkpoint(model), extra) as (url, _):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,18 +19,17 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _service import served
 
 MIB = 1024 * 1024
 
@@ -68,44 +67,6 @@ def solid_png(size: int, number: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def started_server(model: str, extra: list[str]) -> Iterator[tuple[str, int]]:
-    """``lychee-rerank serve`` in a subprocess on a free port; yields its URL and PID once /health answers."""
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "lychee_rerank.core.cli", "serve", "--model", model,
-        "--port", str(port), "--no-ui", "--log-level", "warning", *extra,
-    ]  # fmt: skip
-    process = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become healthy in 300 s")
-            time.sleep(0.2)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def run(url: str, pid: int, *, images: int, size: int, timeout_s: float = 600.0) -> MemoryRun:
@@ -174,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
             model = str(write_tiny_checkpoint(Path(folder) / "tiny"))
         extra = ["--torch-threads", "1", *args.server_arg]
-        with started_server(model, extra) as (url, pid):
+        with served(model, extra) as (url, pid):
             result = run(url, pid, images=args.images, size=args.size)
     label = "serve " + " ".join(["--model", args.model or "tiny", *extra])
     print(report(result, target_mib=args.target_mib, label=label))
