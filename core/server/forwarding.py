@@ -1,10 +1,10 @@
 """HTTP requests carried from a front process to the process that holds the app, as ASGI messages.
 
-Two halves, with any transport between them that carries picklable dicts and can be iterated (Ray Serve's
-deployment handles in :mod:`lychee_rerank.core.server.ray_serve`):
+Two halves, with any transport between them that carries picklable dicts (Ray Serve's deployment handles
+in :mod:`lychee_rerank.core.server.ray_serve`):
 
-- :class:`AppHost`, beside the model: runs the ASGI app's lifespan and answers one request at a time given
-  its scope and whole body, yielding the messages the app sends;
+- :class:`AppHost`, beside the model: runs the ASGI app's lifespan and answers a request given its scope
+  and whole body with the messages the app sends;
 - :class:`Forwarder`, in front: an ASGI app that reads a request's body, hands the request to a replica and
   passes the replica's messages on. When the replica dies before it has answered, the request goes to
   another one; when none is left within the retry budget, the answer is 503 with ``Retry-After`` in the
@@ -123,6 +123,10 @@ class AppHost:
             error = self._lifespan.exception()
             return {"type": "lifespan.failed", "message": repr(error) if error else "the lifespan ended"}
         return {"type": "lifespan.timeout", "message": f"no answer within {timeout_s:g} s"}
+
+    async def respond(self, scope: dict[str, Any], body: bytes) -> list[Message]:
+        """:meth:`handle`'s messages, all of them: for a transport that carries one answer per request."""
+        return [message async for message in self.handle(scope, body)]
 
     async def handle(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Message]:
         """Runs one request through the app and yields every message it sends, the last body message last.

@@ -32,10 +32,10 @@ _SELF = "http://lychee-rerank.ingress"
 
 
 class ReplicaHandle(Protocol):
-    """What the ingress needs of a deployment handle: ``options(...)`` and a streaming ``remote``."""
+    """What the ingress needs of a deployment handle: ``options(method_name=...)``, then ``remote``."""
 
-    def options(self, *, method_name: str, stream: bool) -> Any:
-        """A handle calling ``method_name``, whose ``remote(scope, body)`` iterates ASGI messages."""
+    def options(self, *, method_name: str) -> Any:
+        """A handle calling ``method_name``: ``await handle.remote(scope, body)`` is the answer's ASGI messages."""
         ...
 
 
@@ -51,17 +51,19 @@ def ingress_app(
 
     Args:
         settings: The service's settings (the key, the body limit, the request timeout, the UI).
-        replicas: The model replicas: a Ray Serve deployment handle on a deployment with a streaming
-            ``answer(scope, body)`` method.
+        replicas: The model replicas: a Ray Serve deployment handle on a deployment whose
+            ``answer(scope, body)`` returns the ASGI messages of the answer (the replicas serve no streamed
+            response: the UI, the one streaming route, is the ingress's own).
         classify: What the handle's exceptions mean (a dead replica, a full queue).
         retry_after_s: ``Retry-After`` when no replica could answer.
         serving: What the UI shows under its title.
     """
-    streaming = replicas.options(method_name="answer", stream=True)
+    answer = replicas.options(method_name="answer")
 
-    def send_to_replica(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
-        response: AsyncIterator[dict[str, Any]] = streaming.remote(scope, body)
-        return response
+    async def send_to_replica(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        # One call, one reply: cheaper through Ray than a stream of two messages.
+        for message in await answer.remote(scope, body):
+            yield message
 
     forwarder = Forwarder(
         send_to_replica, classify, retry_after_s=retry_after_s, time_budget_s=settings.request_timeout_s

@@ -35,7 +35,7 @@ import argparse
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -329,10 +329,9 @@ class ModelReplica:
         self.host = AppHost(self.app)
         await self.host.start()
 
-    async def answer(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
-        """One request through the app: the ASGI messages it sends (a streaming Serve method)."""
-        async for message in self.host.handle(scope, body):
-            yield message
+    async def answer(self, scope: dict[str, Any], body: bytes) -> list[dict[str, Any]]:
+        """One request through the app: the ASGI messages it sends."""
+        return await self.host.respond(scope, body)
 
     def check_health(self) -> None:
         """Ray's health check: a replica whose scheduler has stopped is replaced."""

@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,16 +29,16 @@ class InProcessReplicas:
         self.host = AppHost(app)
         self.requests = 0
 
-    def options(self, *, method_name: str, stream: bool) -> InProcessReplicas:
-        """The handle on the replicas' streaming ``answer`` method: this object."""
-        if method_name != "answer" or not stream:
-            raise ValueError(f"the replicas answer through a streaming 'answer', not {method_name!r}")
+    def options(self, *, method_name: str) -> InProcessReplicas:
+        """The handle on the replicas' ``answer`` method: this object."""
+        if method_name != "answer":
+            raise ValueError(f"the replicas answer through 'answer', not {method_name!r}")
         return self
 
-    def remote(self, scope: dict[str, Any], body: bytes) -> AsyncIterator[Message]:
-        """Hands one request to the hosted app; iterates its messages."""
+    def remote(self, scope: dict[str, Any], body: bytes) -> Coroutine[Any, Any, list[Message]]:
+        """Hands one request to the hosted app; its messages when awaited."""
         self.requests += 1
-        return self.host.handle(scope, body)
+        return self.host.respond(scope, body)
 
 
 def _with_replicas_started(replicas: InProcessReplicas, front: ASGIApp) -> ASGIApp:
