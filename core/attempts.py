@@ -222,7 +222,11 @@ class Connections:
     """The HTTP clients of a reranker, shared with its ``with_timeout`` views.
 
     The sync client (and its connection pool) is made on first use. An ``httpx.AsyncClient`` is bound to the
-    event loop it first ran on, so the async path makes one per call.
+    event loop it first ran on, so the async path keeps one per asyncio event loop, made on the loop's first
+    call: calls on one loop reuse its kept-alive connections (no new TCP and TLS handshake per call). The
+    clients of loops that have been closed are dropped at the next call (their pooled connections refer to
+    their loop, so a weak mapping would never let go of either). Under another async library (trio) each
+    call has its own client.
     """
 
     def __init__(
@@ -235,6 +239,7 @@ class Connections:
         self._transport = transport
         self._async_transport = async_transport
         self._client: httpx.Client | None = None
+        self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._lock = threading.Lock()
 
     def client(self) -> httpx.Client:
@@ -245,10 +250,31 @@ class Connections:
                 self._client = httpx.Client(headers=self._headers, transport=transport)
             return self._client
 
-    def async_client(self) -> httpx.AsyncClient:
-        """A new async client, for one call."""
+    def async_client(self) -> tuple[httpx.AsyncClient, bool]:
+        """The running event loop's async client, and whether it is the caller's to close (a one-call client
+        outside asyncio)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._new_async_client(), True
+        with self._lock:
+            client = self._async_clients.get(loop)
+            if client is None or client.is_closed:
+                for ended in [other for other in self._async_clients if other.is_closed()]:
+                    del self._async_clients[ended]
+                client = self._async_clients[loop] = self._new_async_client()
+            return client, False
+
+    def _new_async_client(self) -> httpx.AsyncClient:
         transport = self._async_transport if self._async_transport is not None else async_deadline_transport()
         return httpx.AsyncClient(headers=self._headers, transport=transport)
+
+    async def aclose(self) -> None:
+        """Closes the running event loop's async client (its kept-alive connections)."""
+        with self._lock:
+            client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     def close(self) -> None:
         """Closes the sync client; the next call makes a new one."""
@@ -276,7 +302,8 @@ def post(steps: Plan, connections: Connections, content: bytes) -> Answer:
 async def apost(steps: Plan, connections: Connections, content: bytes) -> Answer:
     """:func:`post` with an async client: the same steps, awaited."""
     step = next(steps)
-    async with connections.async_client() as client:
+    client, owned = connections.async_client()
+    try:
         while True:
             outcome = None
             if isinstance(step, Wait):
@@ -287,6 +314,9 @@ async def apost(steps: Plan, connections: Connections, content: bytes) -> Answer
                 step = steps.send(outcome)
             except StopIteration as done:
                 return cast(Answer, done.value)
+    finally:
+        if owned:
+            await client.aclose()
 
 
 def _timeouts(send: Send) -> httpx.Timeout:

@@ -227,8 +227,16 @@ class RemoteReranker(BaseReranker):
         return view
 
     def close(self) -> None:
-        """Closes the sync HTTP client, shared with the :meth:`with_timeout` views (async calls open their own)."""
+        """Closes the sync HTTP client, shared with the :meth:`with_timeout` views."""
         self._connections.close()
+
+    async def aclose(self) -> None:
+        """Closes the async HTTP client of the running event loop (shared with the :meth:`with_timeout` views).
+
+        Async calls on one event loop share one client and its kept-alive connections; a loop that ends
+        drops its client. Call this before a long-lived loop stops using the reranker.
+        """
+        await self._connections.aclose()
 
     # -- one call: the request, the plan its attempts follow, the checked answer -----------------
 

@@ -178,3 +178,43 @@ def test_the_services_own_401_is_an_auth_error_and_the_right_key_works(tiny_mode
         with pytest.raises(RemoteAuthError, match="it was given none"):
             RemoteReranker(running.url, api_key="").score("q", ["a"])
         assert len(RemoteReranker(running.url, api_key="right-key").score("q", ["a", "b"])) == 2
+
+
+def test_async_calls_on_one_event_loop_share_a_kept_alive_connection(tiny_reranker: LocalReranker) -> None:
+    """Each async call used to open (and close) its own client: a new TCP, and TLS, handshake per call."""
+    from lychee_rerank.core.server.app import create_app
+    from lychee_rerank.core.server.background import BackgroundServer
+    from lychee_rerank.core.server.settings import ServerSettings
+
+    peers: list[tuple[str, int]] = []
+    app = create_app(tiny_reranker, ServerSettings(log_level="warning"))
+
+    async def recording(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            peers.append(tuple(scope["client"]))  # type: ignore[arg-type]
+        await app(scope, receive, send)
+
+    with BackgroundServer(recording) as url:
+        reranker = RemoteReranker(url)
+        expected = reranker.score("q", ["a", "b"])
+        peers.clear()
+
+        async def three_calls(close: bool) -> list[list[float]]:
+            answers = [await reranker.ascore("q", ["a", "b"]) for _ in range(2)]
+            answers.append(await reranker.with_timeout(30).ascore("q", ["a", "b"]))  # a view shares the client
+            if close:
+                await reranker.aclose()
+            return answers
+
+        first = asyncio.run(three_calls(close=True))
+        second = asyncio.run(three_calls(close=False))  # a new loop, a new client, left open
+        third = asyncio.run(three_calls(close=True))
+        reranker.close()
+    assert first == second == third == [pytest.approx(expected, abs=1e-6)] * 3
+    # The ended loop's client was dropped when the third loop made its own: nothing is kept per dead loop.
+    assert reranker._connections._async_clients == {}
+    assert len(peers) == 9
+    assert len(set(peers[6:])) == 1, peers
+    assert len(set(peers[:3])) == 1, peers
+    assert len(set(peers[3:6])) == 1, peers
+    assert peers[0] != peers[3] != peers[6]
