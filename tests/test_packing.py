@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 from lychee_rerank.core import Document, LocalReranker, Query
 from lychee_rerank.core.local.engine import ScoringEngine
 from lychee_rerank.core.local.loading import load_model
-from lychee_rerank.core.local.packing import PackedLinear, packing_applies
+from lychee_rerank.core.local.packing import PackedLinear, pack_linear_weights, packing_applies
 from lychee_rerank.core.profiles import get_profile
 
 CPU = torch.device("cpu")
@@ -37,6 +39,23 @@ def test_packed_linear_gives_bit_identical_outputs(bias: bool) -> None:
         assert torch.equal(packed(hidden[0]), linear(hidden[0]))  # 2-D, as the vision tower calls it
         assert torch.equal(packed(strided), linear(strided.contiguous()))
         assert packed(hidden[:, :0]).shape == (3, 0, 160)
+
+
+@needs_bf16_kernels
+def test_packing_replaces_every_bf16_linear_and_releases_the_old_ones() -> None:
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.SiLU(), torch.nn.Sequential(torch.nn.Linear(64, 16, bias=False))
+    ).to(torch.bfloat16)
+    model.append(torch.nn.Linear(16, 8))  # a float32 layer is not packed
+    old = [weakref.ref(module) for module in model.modules() if type(module) is torch.nn.Linear]
+    hidden = torch.randn(4, 32).to(torch.bfloat16)
+    with torch.inference_mode():
+        before = model[:3](hidden)
+        assert pack_linear_weights(model) == 2
+        assert torch.equal(model[:3](hidden), before)
+    assert [type(model[0]), type(model[2][0]), type(model[3])] == [PackedLinear, PackedLinear, torch.nn.Linear]
+    gc.collect()
+    assert [ref() is None for ref in old] == [True, True, False]
 
 
 @needs_bf16_kernels

@@ -87,16 +87,20 @@ def _ops_work() -> bool:
 def pack_linear_weights(module: torch.nn.Module) -> int:
     """Replaces every bf16 ``nn.Linear`` inside ``module`` with a :class:`PackedLinear`, in place.
 
-    Call it only where :func:`packing_applies`. The original weights are released (their memory is
-    replaced, not doubled). Returns how many layers were replaced: 0 when this torch's oneDNN ops are
-    missing or disagree with ``F.linear``, and then ``module`` is unchanged.
+    Call it only where :func:`packing_applies`. Each original weight is released once its copy is made.
+    Returns how many layers were replaced: 0 when this torch's oneDNN ops are missing or disagree with
+    ``F.linear``, and then ``module`` is unchanged.
     """
     if not _ops_work():
         return 0
-    replaced = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child.weight.dtype is torch.bfloat16:
-                setattr(parent, name, PackedLinear(child))
-                replaced += 1
-    return replaced
+    # (parent, name) pairs, not the layers themselves: each old layer is freed as soon as it is replaced,
+    # so packing never holds more than one layer's weight twice (a 7B model's are 15 GB in bf16).
+    targets = [
+        (parent, name)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if type(child) is torch.nn.Linear and child.weight.dtype is torch.bfloat16
+    ]
+    for parent, name in targets:
+        setattr(parent, name, PackedLinear(getattr(parent, name)))
+    return len(targets)
