@@ -75,6 +75,7 @@ from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.local import LocalReranker
 from lychee_rerank.core.local.engine import DEFAULT_MAX_BATCH_TOKENS, ScoringEngine
 from lychee_rerank.core.local.loading import LoadedModel, choose_attention, choose_device, choose_dtype
+from lychee_rerank.core.local.packing import PackedLinear
 from lychee_rerank.core.profiles import DEFAULT_PROFILE, get_profile
 from lychee_rerank.core.testing.checkpoint import (
     SHAPES,
@@ -319,12 +320,17 @@ class ParameterCounts:
     vision: int
 
 
+def _weights(module: Any) -> int:
+    """Parameters of ``module``, counting linear weights reordered for oneDNN (held outside the parameters)."""
+    packed = sum(child.packed_weight.numel() for child in module.modules() if isinstance(child, PackedLinear))
+    return sum(p.numel() for p in module.parameters()) + packed
+
+
 def count_parameters(model: Any) -> ParameterCounts:
     """Total, language model without its token embedding, and vision tower."""
     language = model.model.language_model
-    text = sum(p.numel() for p in language.parameters()) - language.embed_tokens.weight.numel()
-    vision = sum(p.numel() for p in model.model.visual.parameters())
-    return ParameterCounts(sum(p.numel() for p in model.parameters()), text, vision)
+    text = _weights(language) - language.embed_tokens.weight.numel()
+    return ParameterCounts(_weights(model), text, _weights(model.model.visual))
 
 
 # -- measuring --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from lychee_rerank.core.errors import ModelLoadError
+from lychee_rerank.core.local.packing import pack_linear_weights, packing_applies
 from lychee_rerank.core.profiles import ARCHITECTURES, TINY_MODEL_NAME, Profile
 
 logger = logging.getLogger(__name__)
@@ -180,8 +181,13 @@ def load_model(
     attn_implementation: str | None = None,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
+    pack_weights: bool = True,
 ) -> LoadedModel:
     """Loads ``model`` with ``from_pretrained`` and places it on the chosen device and dtype.
+
+    In bf16 on a CPU with bf16 kernels, the linear layers' weights are reordered once for oneDNN
+    (:mod:`~lychee_rerank.core.local.packing`: same outputs, no reorder on every call);
+    ``pack_weights=False`` keeps them as loaded (benchmarks compare the two).
 
     Raises:
         ModelLoadError: The folder is not a checkpoint, the hub id cannot be downloaded, or the
@@ -232,6 +238,10 @@ def load_model(
         )
     network.to(chosen_device)
     network.eval()
+    if pack_weights and packing_applies(chosen_device, chosen_dtype):
+        # The output head stays as loaded: the engine reads two of its rows, and never runs it whole.
+        packed = pack_linear_weights(network.model)
+        logger.debug("reordered %d linear layers' bf16 weights for oneDNN", packed)
     return LoadedModel(
         name=model,
         path=path,
