@@ -11,8 +11,9 @@ Tolerances. float32: 1e-4, as on the CPU; this is the check of the engine's logi
 bf16: the engine and the reference run the same bf16 weights through differently shaped kernels
 (batched rows, padding between prefix and documents, a cached prefix, FlashAttention's varlen path), and
 every op rounds its output to 8 bits of mantissa, so their scores differ by rounding. Measured on the
-CPU in bf16 (2026-12-01, this model, these inputs): engine against reference 1.6e-3, prefix cache
-against whole rows 1.1e-3 (float32: 1.8e-7). BF16_TOLERANCE is about 6× that, for GPU kernels that
+CPU in bf16 (this model, these inputs): engine against reference 1.6e-3 on 2026-12-01 and 1.9e-3 on
+2026-12-02 (after the CPU's bf16 weights were reordered for oneDNN: the same rounding, other kernels),
+prefix cache against whole rows 1.1e-3 (float32: 1.8e-7). BF16_TOLERANCE is about 5× that, for GPU kernels that
 accumulate in another order, and a quarter of the spread of this model's scores across documents
 (standard deviation 0.04): a half-precision bug that lets padding or the wrong image into attention
 moves scores by that spread. Each test records the deviation it measured (``record_property``), so the
@@ -48,7 +49,7 @@ pytestmark = [
 needs_cuda_memory = pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="measures CUDA memory")
 
 FLOAT32_TOLERANCE = 1e-4
-BF16_MEASURED_ON_CPU = 1.6e-3  # max |engine − reference| over the four query kinds below, bf16 on the CPU
+BF16_MEASURED_ON_CPU = 1.9e-3  # max |engine − reference| over the four query kinds below, bf16 on the CPU
 BF16_TOLERANCE = 1e-2
 CHINESE = "适合小个子女生的显高西装套装，米白色，春夏穿"
 HAS_FLASH_ATTENTION = importlib.util.find_spec("flash_attn") is not None
