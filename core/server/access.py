@@ -17,7 +17,6 @@ each further wrong key locks the client out for twice as long as the last (1 s, 
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import OrderedDict
@@ -25,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lychee_rerank.core import wire
-from lychee_rerank.core.server.errors import error_body
+from lychee_rerank.core.server.errors import send_error
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Any]
 
@@ -49,24 +48,6 @@ def needs_key(path: str, *, protect_docs: bool) -> bool:
 def _announces_body(headers: dict[bytes, bytes]) -> bool:
     length = headers.get(b"content-length", b"0").strip()
     return b"transfer-encoding" in headers or not length.isdigit() or int(length) > 0
-
-
-async def _send_error(
-    send: Callable[..., Any], status: int, kind: str, message: str, headers: list[tuple[bytes, bytes]]
-) -> None:
-    payload = json.dumps(error_body(status, kind, message)).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 class ApiKeyMiddleware:
@@ -101,7 +82,7 @@ class ApiKeyMiddleware:
         extra = [(b"www-authenticate", b'Bearer realm="lychee-rerank"')]
         if _announces_body(headers):
             extra.append((b"connection", b"close"))  # the body is never read: end the connection
-        await _send_error(
+        await send_error(
             send, 401, "unauthorized", "a valid API key is required: send 'Authorization: Bearer <key>'", extra
         )
 
@@ -182,7 +163,7 @@ class LoginThrottleMiddleware:
         if wait > 0:
             self.throttle.refused += 1
             seconds = str(max(int(wait + 0.999), 1))
-            await _send_error(
+            await send_error(
                 send,
                 429,
                 "too_many_logins",

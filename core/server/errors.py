@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,6 +77,37 @@ def error_body(status: int, kind: str, message: str, reason: str | None = None) 
     if reason is not None:
         detail["reason"] = reason
     return {"error": detail, "message": message}
+
+
+async def send_error(
+    send: Callable[..., Any],
+    status: int,
+    kind: str,
+    message: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    retry_after_s: float | None = None,
+) -> None:
+    """Sends the JSON error body straight through ASGI ``send``, for middleware that answers before the app.
+
+    ``retry_after_s`` adds ``Retry-After`` in whole seconds, rounded up and at least 1.
+    """
+    payload = json.dumps(error_body(status, kind, message)).encode()
+    extra = list(headers)
+    if retry_after_s is not None:
+        extra.append((b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *extra,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def error_response(

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from lychee_rerank.core.server.errors import error_body
+from lychee_rerank.core.server.errors import send_error
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +266,11 @@ class Forwarder:
                     return
                 if not trouble.retry:
                     await send_error(
-                        send, trouble.status, _kind(trouble.status), trouble.message, trouble.retry_after_s
+                        send,
+                        trouble.status,
+                        _kind(trouble.status),
+                        trouble.message,
+                        retry_after_s=trouble.retry_after_s,
                     )
                     return
                 delay = self.backoff_s * 2**attempt
@@ -282,7 +284,7 @@ class Forwarder:
             "unavailable",
             "no replica could answer (one stopped while it held the request, and the others were busy or "
             "starting); retry after the Retry-After delay",
-            self.retry_after_s,
+            retry_after_s=self.retry_after_s,
         )
 
 
@@ -325,30 +327,3 @@ async def _plain_lifespan(receive: Callable[..., Any], send: Callable[..., Any])
 
 def _kind(status: int) -> str:
     return {429: "overloaded", 503: "unavailable", 504: "timeout"}.get(status, "internal_error")
-
-
-async def send_error(
-    send: Callable[..., Any],
-    status: int,
-    kind: str,
-    message: str,
-    retry_after_s: float | None = None,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> None:
-    """Sends the service's JSON error body with ``status`` (and ``Retry-After`` when given)."""
-    payload = json.dumps(error_body(status, kind, message)).encode()
-    extra = list(headers)
-    if retry_after_s is not None:
-        extra.append((b"retry-after", str(max(1, math.ceil(retry_after_s))).encode()))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *extra,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})

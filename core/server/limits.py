@@ -7,11 +7,10 @@ later ``receive`` calls go to the server, so the app still sees the client disco
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
-from lychee_rerank.core.server.errors import error_body
+from lychee_rerank.core.server.errors import send_error
 
 ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Any]
 
@@ -61,17 +60,5 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Callable[..., Any], what: str) -> None:
         message = f"{what}, more than the limit of {self.max_body_bytes}; send fewer or smaller documents"
-        payload = json.dumps(error_body(413, "too_large", message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                # The rest of the body is never read: close the connection rather than drain it.
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        # The rest of the body is never read: close the connection rather than drain it.
+        await send_error(send, 413, "too_large", message, [(b"connection", b"close")])
