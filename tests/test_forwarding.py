@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from lychee_rerank.core.server.forwarding import AppHost, Forwarder, ReplicaTrouble, portable_scope
+from lychee_rerank.core.server.forwarding import WAITED_SCOPE_KEY, AppHost, Forwarder, ReplicaTrouble, portable_scope
 
 
 class DeadReplica(Exception):
@@ -41,7 +41,13 @@ def echo_app(started: list[str]) -> Starlette:
     async def echo(request: Request) -> JSONResponse:
         body = await request.json()
         return JSONResponse(
-            {"got": body, "path": request.url.path, "query": request.url.query, "started": list(started)},
+            {
+                "got": body,
+                "path": request.url.path,
+                "query": request.url.query,
+                "started": list(started),
+                "waited": request.scope.get(WAITED_SCOPE_KEY),
+            },
             headers={"x-replica": "r1"},
         )
 
@@ -103,6 +109,7 @@ def test_app_host_runs_the_lifespan_and_answers_a_request_with_its_body() -> Non
         "path": "/echo",
         "query": "a=1",
         "started": ["up"],
+        "waited": None,
     }
     assert started == ["up", "down"]
 
@@ -178,6 +185,8 @@ def test_a_request_whose_replica_died_is_replayed_on_another() -> None:
         assert response.status_code == 200
         assert response.json()["got"] == {"q": 1}
         assert len(tries) == 3
+        # The replica is told how long the request has already waited: two backoffs, 0.01 s and 0.02 s.
+        assert response.json()["waited"] >= 0.03
 
     with_host(test)
 

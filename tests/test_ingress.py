@@ -8,8 +8,10 @@ forwarded, the UI served by the ingress and scoring through the replicas.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +20,7 @@ from lychee_rerank.core import LocalReranker
 from lychee_rerank.core.errors import ImageError
 from lychee_rerank.core.inputs import Document, Query
 from lychee_rerank.core.server.app import create_app
+from lychee_rerank.core.server.forwarding import WAITED_SCOPE_KEY, AppHost
 from lychee_rerank.core.server.ingress import UploadsAndReferences
 from lychee_rerank.core.server.settings import ServerSettings
 from lychee_rerank.core.testing.replicas import InProcessReplicas, running_ingress
@@ -92,3 +95,31 @@ def test_the_ingress_ui_refuses_an_image_named_by_a_path_without_reading_it(tmp_
     scores = asyncio.run(reranker.ascore(Query(image="https://example.com/a.png"), [Document(text="d")]))
     assert scores == [0.5]
     assert len(asked) == 1
+
+
+def test_a_request_that_waited_past_the_timeout_before_reaching_the_replica_is_answered_504(
+    tiny_reranker: LocalReranker,
+) -> None:
+    """The service's deadline counts from the request's arrival at the front, not at the replica."""
+    app = create_app(tiny_reranker, ServerSettings(request_timeout_s=5, ui=False, log_level="warning"))
+    body = json.dumps(BODY).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def ask(waits: list[float]) -> list[tuple[int, dict[str, Any]]]:
+        host = AppHost(app)
+        await host.start()
+        answers = []
+        try:
+            for waited in waits:
+                scope = {"type": "http", "method": "POST", "path": "/v1/rerank", "raw_path": b"/v1/rerank",
+                         "query_string": b"", "headers": headers, WAITED_SCOPE_KEY: waited}  # fmt: skip
+                messages = await host.respond(scope, body)
+                answers.append((messages[0]["status"], json.loads(messages[1]["body"])))
+        finally:
+            await host.stop()
+        return answers
+
+    (fresh, fresh_body), (late, late_body) = asyncio.run(ask([0.0, 6.0]))
+    assert fresh == 200, fresh_body
+    assert late == 504, late_body
+    assert late_body["error"]["type"] == "timeout"

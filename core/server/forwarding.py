@@ -34,6 +34,11 @@ ASGIApp = Callable[[dict[str, Any], Callable[..., Any], Callable[..., Any]], Cor
 SendToReplica = Callable[[dict[str, Any], bytes], AsyncIterator[Message]]
 """Sends ``(scope, body)`` to a replica and iterates the ASGI messages its app sends back."""
 
+WAITED_SCOPE_KEY = "lychee_rerank.waited_s"
+"""Seconds a request spent before it reached the replica (in the front, in a queue between, in replays),
+set in the scope the front hands over: the service's request deadline counts from the first arrival.
+A scope is made by the server, not the client, so a client cannot set it."""
+
 _SCOPE_KEYS = (
     "type",
     "asgi",
@@ -247,8 +252,10 @@ class Forwarder:
         portable = portable_scope(scope)
         for attempt in range(self.retries + 1):
             started = False
+            # The replica's deadline counts from the arrival here, not there: queueing and replays count.
+            portable[WAITED_SCOPE_KEY] = time.monotonic() - arrived
             try:
-                async for message in _held_until_body(self.send_to_replica(portable, body)):
+                async for message in _held_until_body(self.send_to_replica(dict(portable), body)):
                     await send(message)
                     started = True
                 return

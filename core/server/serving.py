@@ -37,6 +37,7 @@ from lychee_rerank.core.media import MediaPolicy
 from lychee_rerank.core.profiles import resolve_instruction
 from lychee_rerank.core.server.errors import ServiceError
 from lychee_rerank.core.server.fetching import ImageFetcher
+from lychee_rerank.core.server.forwarding import WAITED_SCOPE_KEY
 from lychee_rerank.core.server.protocol import Content
 from lychee_rerank.core.server.scheduler import (
     BatchFunction,
@@ -462,7 +463,8 @@ class ArrivalMiddleware:
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "http":
-            scope[_ARRIVED] = time.monotonic()
+            waited = scope.get(WAITED_SCOPE_KEY, 0.0)
+            scope[_ARRIVED] = time.monotonic() - (waited if isinstance(waited, float) and waited > 0 else 0.0)
         await self.app(scope, receive, send)
 
 
