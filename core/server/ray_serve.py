@@ -11,7 +11,8 @@ Two deployments make one Serve application:
   (:class:`~lychee_rerank.core.server.forwarding.Forwarder`). Ray routes each to the less busy of two
   replicas. When a replica dies while it holds a request, Ray's proxy would answer that request 500; the
   ingress instead replays it on another replica, or answers 503 with ``Retry-After`` when none can take it,
-  so no request is lost to a replica's death.
+  so no request is lost to a replica's death. It also serves the UI (:mod:`~lychee_rerank.core.server.ingress`):
+  a browser session must stay in one process, and Ray routes each request to any replica.
 
 Backpressure has two layers, both answering 429 with ``Retry-After`` and the service's JSON error body:
 
