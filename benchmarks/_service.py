@@ -6,8 +6,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 
@@ -20,19 +21,36 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(model: str, extra: list[str], *, ready_timeout_s: float = 300) -> Iterator[tuple[str, int]]:
+def served(
+    model: str,
+    extra: list[str],
+    *,
+    python: str = sys.executable,
+    wrapper: Sequence[str] = (),
+    log: Path | None = None,
+    ready_timeout_s: float = 300,
+) -> Iterator[tuple[str, int]]:
     """``lychee-rerank serve --model MODEL --no-ui EXTRA...`` on a free loopback port; yields its URL and process
     id once ``/health`` answers 200, and stops it afterwards.
+
+    Args:
+        model: What ``--model`` names.
+        extra: More flags for ``serve``.
+        python: The interpreter (another virtualenv's, to serve another install).
+        wrapper: A command the server runs under (``prlimit --nofile=N:N``).
+        log: Where the server's output goes; default: this process's.
+        ready_timeout_s: How long the server may take to become healthy.
 
     Raises:
         RuntimeError: The server exited, or was not healthy within ``ready_timeout_s``.
     """
     port = free_port()
     command = [
-        sys.executable, "-m", "lychee_rerank.core.cli", "serve", "--model", model, "--port", str(port),
+        *wrapper, python, "-m", "lychee_rerank.core.cli", "serve", "--model", model, "--port", str(port),
         "--no-ui", "--log-level", "warning", *extra,
     ]  # fmt: skip
-    process = subprocess.Popen(command)
+    output = log.open("wb") if log is not None else None
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT if output else None)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -51,6 +69,8 @@ def served(model: str, extra: list[str], *, ready_timeout_s: float = 300) -> Ite
     finally:
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+        if output is not None:
+            output.close()

@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import json
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,51 +29,10 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _service import served
+
 BODY = {"query": "white linen shirt", "documents": ["a white linen shirt", "a red summer dress"]}
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_server(python: str, port: int, nofile: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:
-    command = [
-        "prlimit",
-        f"--nofile={nofile}:{nofile}",
-        python,
-        "-m",
-        "lychee_rerank.core.cli",
-        "serve",
-        "--model",
-        "tiny",
-        "--device",
-        "cpu",
-        "--port",
-        str(port),
-        "--no-ui",
-        "--torch-threads",
-        "1",
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-    return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def _wait_ready(url: str, server: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode}; see its log")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError("the server did not become ready")
 
 
 async def _normal_request(url: str, timeout_s: float) -> float | None:
@@ -176,20 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         if hard != resource.RLIM_INFINITY and hard < wanted:
             parser.error(f"this process may open only {hard} files; {args.sockets} sockets need about {wanted}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "server.log"
-        server = _start_server(args.python, port, args.nofile, log, server_args)
-        try:
-            _wait_ready(url, server)
-            figures = asyncio.run(_flood(args, url, port))
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        flags = ["--device", "cpu", "--torch-threads", "1", *server_args]
+        limit = ["prlimit", f"--nofile={args.nofile}:{args.nofile}"]
+        with served("tiny", flags, python=args.python, wrapper=limit, log=log, ready_timeout_s=120) as (url, _):
+            figures = asyncio.run(_flood(args, url, int(url.rsplit(":", 1)[1])))
         text = log.read_text(errors="replace")
         if args.keep_log:
             args.keep_log.write_text(text)
