@@ -238,6 +238,26 @@ def test_an_unknown_transport_error_is_a_logged_500_in_the_service_body() -> Non
     with_host(test)
 
 
+def test_a_request_no_replica_takes_is_answered_504_at_its_deadline() -> None:
+    """All replicas restarting: Ray's router would hold the request until one is up, minutes for a 7B model."""
+    started_waiting = asyncio.Event()
+
+    async def nobody_answers(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
+        started_waiting.set()
+        await asyncio.sleep(3600)
+        yield {}  # never reached
+
+    async def test() -> None:
+        forwarder = Forwarder(nobody_answers, classify, time_budget_s=0.2, grace_s=0.1)
+        response = await call(forwarder, "POST", "/v1/rerank", json={})
+        assert started_waiting.is_set()
+        assert response.status_code == 504
+        assert response.json()["error"]["type"] == "timeout"
+        assert "0.2 s allowed" in response.json()["message"]
+
+    asyncio.run(test())
+
+
 def test_an_app_error_inside_the_replica_comes_back_as_the_app_answered_it() -> None:
     async def test(host: AppHost) -> None:
         forwarder, tries = front(host, [])

@@ -216,8 +216,11 @@ class Forwarder:
         backoff_s: The wait before the first replay, doubled for each next one: the replicas' router
             needs a moment to learn which replica died.
         retry_after_s: ``Retry-After`` on the 503 sent when every try failed.
-        time_budget_s: No replay starts later than this after the request arrived (the service's request
-            timeout: past it the client has stopped waiting).
+        time_budget_s: The request's time from its arrival here (the service's request timeout): no replay
+            starts later, and a try that has no answer by then plus ``grace_s`` is given up with 504. A
+            replica answers 504 itself at the deadline; the grace lets its answer through first. Without
+            this bound a request would wait as long as no replica can take it (all of them restarting).
+        grace_s: See ``time_budget_s``.
     """
 
     def __init__(
@@ -229,6 +232,7 @@ class Forwarder:
         backoff_s: float = 0.2,
         retry_after_s: float = 1.0,
         time_budget_s: float = 120.0,
+        grace_s: float = 5.0,
     ) -> None:
         self.send_to_replica = send_to_replica
         self.classify = classify
@@ -236,6 +240,7 @@ class Forwarder:
         self.backoff_s = backoff_s
         self.retry_after_s = retry_after_s
         self.time_budget_s = time_budget_s
+        self.grace_s = grace_s
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
@@ -254,13 +259,30 @@ class Forwarder:
             started = False
             # The replica's deadline counts from the arrival here, not there: queueing and replays count.
             portable[WAITED_SCOPE_KEY] = time.monotonic() - arrived
+            answer = _held_until_body(self.send_to_replica(dict(portable), body))
+            left = self.time_budget_s + self.grace_s - (time.monotonic() - arrived)
             try:
-                async for message in _held_until_body(self.send_to_replica(dict(portable), body)):
+                while True:
+                    message = await asyncio.wait_for(answer.__anext__(), timeout=max(left, 0.0))
                     await send(message)
                     started = True
+                    left = self.time_budget_s + self.grace_s - (time.monotonic() - arrived)
+            except StopAsyncIteration:
                 return
             except asyncio.CancelledError:
                 raise
+            except asyncio.TimeoutError:
+                if started:
+                    raise
+                logger.warning("no replica answered %s within %g s", scope.get("path"), self.time_budget_s)
+                await send_error(
+                    send,
+                    504,
+                    "timeout",
+                    f"no replica answered within the {self.time_budget_s:g} s allowed (all busy or starting); "
+                    "retry later or send fewer documents",
+                )
+                return
             except Exception as error:
                 trouble = self.classify(error)
                 if started:
