@@ -129,9 +129,11 @@ def test_app_host_refuses_to_start_when_the_app_startup_fails() -> None:
 
 def front(
     host: AppHost, failures: list[BaseException], *, retries: int = 3, fail_after_start: bool = False
-) -> tuple[Forwarder, list[int]]:
-    """A Forwarder whose transport raises ``failures`` one per try, then hands the request to ``host``."""
+) -> tuple[Forwarder, list[int], list[str]]:
+    """A Forwarder whose transport raises ``failures`` one per try, then hands the request to ``host``;
+    with the list of tries and of the outcomes it reports."""
     tries: list[int] = []
+    outcomes: list[str] = []
 
     async def send_to_replica(scope: dict[str, Any], body: bytes) -> AsyncIterator[dict[str, Any]]:
         tries.append(1)
@@ -143,7 +145,10 @@ def front(
         async for message in host.handle(scope, body):
             yield message
 
-    return Forwarder(send_to_replica, classify, retries=retries, backoff_s=0.01, retry_after_s=3), tries
+    forwarder = Forwarder(
+        send_to_replica, classify, retries=retries, backoff_s=0.01, retry_after_s=3, on_outcome=outcomes.append
+    )
+    return forwarder, tries, outcomes
 
 
 async def call(app: Forwarder, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -165,7 +170,7 @@ def with_host(test: Any) -> Any:
 
 def test_a_request_reaches_the_replica_whole_and_its_answer_comes_back() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [])
+        forwarder, tries, outcomes = front(host, [])
         response = await call(forwarder, "POST", "/echo?a=1&b=2", json={"q": "red shoes"})
         assert response.status_code == 200
         assert response.headers["x-replica"] == "r1"
@@ -174,66 +179,72 @@ def test_a_request_reaches_the_replica_whole_and_its_answer_comes_back() -> None
         streamed = await call(forwarder, "GET", "/stream")
         assert streamed.text == "one two three"
         assert tries == [1, 1]
+        assert outcomes == []
 
     with_host(test)
 
 
 def test_a_request_whose_replica_died_is_replayed_on_another() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [DeadReplica("actor died"), DeadReplica("actor unavailable")])
+        forwarder, tries, outcomes = front(host, [DeadReplica("actor died"), DeadReplica("actor unavailable")])
         response = await call(forwarder, "POST", "/echo", json={"q": 1})
         assert response.status_code == 200
         assert response.json()["got"] == {"q": 1}
         assert len(tries) == 3
         # The replica is told how long the request has already waited: two backoffs, 0.01 s and 0.02 s.
         assert response.json()["waited"] >= 0.03
+        assert outcomes == ["replayed", "replayed"]
 
     with_host(test)
 
 
 def test_a_replica_dying_after_the_start_but_before_the_body_is_still_replayed() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [DeadReplica("died mid-answer")], fail_after_start=True)
+        forwarder, tries, outcomes = front(host, [DeadReplica("died mid-answer")], fail_after_start=True)
         response = await call(forwarder, "POST", "/echo", json={"q": 2})
         assert response.status_code == 200
         assert response.json()["got"] == {"q": 2}
         assert len(tries) == 2
+        assert outcomes == ["replayed"]
 
     with_host(test)
 
 
 def test_when_every_try_finds_a_dead_replica_the_answer_is_503_with_retry_after() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [DeadReplica(str(i)) for i in range(10)], retries=2)
+        forwarder, tries, outcomes = front(host, [DeadReplica(str(i)) for i in range(10)], retries=2)
         response = await call(forwarder, "POST", "/echo", json={})
         assert response.status_code == 503
         assert response.headers["retry-after"] == "3"
         assert response.json()["error"]["type"] == "unavailable"
         assert "retry" in response.json()["message"]
         assert len(tries) == 3
+        assert outcomes == ["replayed", "replayed", "unavailable"]
 
     with_host(test)
 
 
 def test_a_full_queue_is_429_in_the_service_body_and_is_not_replayed() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [FullQueue()])
+        forwarder, tries, outcomes = front(host, [FullQueue()])
         response = await call(forwarder, "POST", "/echo", json={})
         assert response.status_code == 429
         assert response.headers["retry-after"] == "3"  # 2.5 s, rounded up to whole seconds
         assert response.json()["error"] == {"type": "overloaded", "message": "the queue is full", "status": 429}
         assert len(tries) == 1
+        assert outcomes == ["overloaded"]
 
     with_host(test)
 
 
 def test_an_unknown_transport_error_is_a_logged_500_in_the_service_body() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [KeyError("bug")])
+        forwarder, tries, outcomes = front(host, [KeyError("bug")])
         response = await call(forwarder, "POST", "/echo", json={})
         assert response.status_code == 500
         assert response.json()["error"]["type"] == "internal_error"
         assert len(tries) == 1
+        assert outcomes == ["error"]
 
     with_host(test)
 
@@ -248,8 +259,10 @@ def test_a_request_no_replica_takes_is_answered_504_at_its_deadline() -> None:
         yield {}  # never reached
 
     async def test() -> None:
-        forwarder = Forwarder(nobody_answers, classify, time_budget_s=0.2, grace_s=0.1)
+        outcomes: list[str] = []
+        forwarder = Forwarder(nobody_answers, classify, time_budget_s=0.2, grace_s=0.1, on_outcome=outcomes.append)
         response = await call(forwarder, "POST", "/v1/rerank", json={})
+        assert outcomes == ["timeout"]
         assert started_waiting.is_set()
         assert response.status_code == 504
         assert response.json()["error"]["type"] == "timeout"
@@ -260,10 +273,11 @@ def test_a_request_no_replica_takes_is_answered_504_at_its_deadline() -> None:
 
 def test_an_app_error_inside_the_replica_comes_back_as_the_app_answered_it() -> None:
     async def test(host: AppHost) -> None:
-        forwarder, tries = front(host, [])
+        forwarder, tries, outcomes = front(host, [])
         response = await call(forwarder, "GET", "/broken")
         assert response.status_code == 500  # Starlette's own answer to the bug, not a replay
         assert len(tries) == 1
+        assert outcomes == []  # the replica's own answer, counted by the replica
 
     with_host(test)
 

@@ -221,6 +221,9 @@ class Forwarder:
             replica answers 504 itself at the deadline; the grace lets its answer through first. Without
             this bound a request would wait as long as no replica can take it (all of them restarting).
         grace_s: See ``time_budget_s``.
+        on_outcome: Told each thing the front did itself: ``"replayed"`` (a try after a dead replica),
+            ``"unavailable"`` (503), ``"overloaded"`` (429), ``"timeout"`` (504), ``"error"`` (500). For
+            the operator's metrics: a replica's answers are counted by the replica.
     """
 
     def __init__(
@@ -233,6 +236,7 @@ class Forwarder:
         retry_after_s: float = 1.0,
         time_budget_s: float = 120.0,
         grace_s: float = 5.0,
+        on_outcome: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self.send_to_replica = send_to_replica
         self.classify = classify
@@ -241,6 +245,7 @@ class Forwarder:
         self.retry_after_s = retry_after_s
         self.time_budget_s = time_budget_s
         self.grace_s = grace_s
+        self.on_outcome = on_outcome
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
@@ -275,6 +280,7 @@ class Forwarder:
                 if started:
                     raise
                 logger.warning("no replica answered %s within %g s", scope.get("path"), self.time_budget_s)
+                self.on_outcome("timeout")
                 await send_error(
                     send,
                     504,
@@ -291,9 +297,11 @@ class Forwarder:
                     raise
                 if trouble is None:
                     logger.exception("forwarding %s failed", scope.get("path"))
+                    self.on_outcome("error")
                     await send_error(send, 500, "internal_error", "the service failed on this request; retry")
                     return
                 if not trouble.retry:
+                    self.on_outcome(_kind(trouble.status))
                     await send_error(
                         send,
                         trouble.status,
@@ -306,7 +314,9 @@ class Forwarder:
                 if attempt == self.retries or time.monotonic() + delay - arrived > self.time_budget_s:
                     break
                 logger.warning("a replica died before answering %s; trying another: %s", scope.get("path"), error)
+                self.on_outcome("replayed")
                 await asyncio.sleep(delay)
+        self.on_outcome("unavailable")
         await send_error(
             send,
             503,

@@ -46,6 +46,7 @@ def ingress_app(
     *,
     retry_after_s: float = 1.0,
     serving: str | None = None,
+    on_outcome: Callable[[str], None] = lambda outcome: None,
 ) -> ASGIApp:
     """The ingress's ASGI app: API key, body limit, then each request to a model replica.
 
@@ -57,6 +58,7 @@ def ingress_app(
         classify: What the handle's exceptions mean (a dead replica, a full queue).
         retry_after_s: ``Retry-After`` when no replica could answer.
         serving: What the UI shows under its title.
+        on_outcome: Counts what the ingress answered itself (see :class:`Forwarder`).
     """
     answer = replicas.options(method_name="answer")
 
@@ -66,7 +68,11 @@ def ingress_app(
             yield message
 
     forwarder = Forwarder(
-        send_to_replica, classify, retry_after_s=retry_after_s, time_budget_s=settings.request_timeout_s
+        send_to_replica,
+        classify,
+        retry_after_s=retry_after_s,
+        time_budget_s=settings.request_timeout_s,
+        on_outcome=on_outcome,
     )
     limited = BodyLimitMiddleware(forwarder, max_body_bytes=settings.max_body_bytes)
     api: ASGIApp = ApiKeyMiddleware(limited, api_key=settings.api_key, protect_docs=settings.protect_docs)

@@ -377,6 +377,28 @@ def replica_trouble(error: BaseException, retry_after_s: float) -> ReplicaTroubl
     return None
 
 
+INGRESS_METRIC = "lychee_ingress_outcomes"
+"""Ray Serve counter of what the ingress answered itself, by ``outcome``: ``replayed`` (a request retried on
+another replica after its replica died), ``unavailable`` (503), ``overloaded`` (429), ``timeout`` (504),
+``error`` (500). Exported with Ray's metrics as ``ray_lychee_ingress_outcomes_total``, beside Ray Serve's own."""
+
+
+def ingress_counter() -> Callable[[str], None]:
+    """Increments :data:`INGRESS_METRIC` for an outcome; made inside the ingress replica."""
+    from ray.serve.metrics import Counter
+
+    counter = Counter(
+        INGRESS_METRIC,
+        description="Requests the lychee-rerank ingress answered itself or replayed, by outcome.",
+        tag_keys=("outcome",),
+    )
+
+    def count(outcome: str) -> None:
+        counter.inc(tags={"outcome": outcome})
+
+    return count
+
+
 def build_application(overrides: Mapping[str, Any], options: RayOptions) -> Any:
     """The Serve application (the ingress bound to the model deployment) for ``serve.run``.
 
@@ -413,6 +435,7 @@ def build_application(overrides: Mapping[str, Any], options: RayOptions) -> Any:
             lambda error: replica_trouble(error, retry_after_s),
             retry_after_s=retry_after_s,
             serving=serving,
+            on_outcome=ingress_counter(),
         )
 
     model = serve.deployment(ModelReplica, **deployment_options(options, settings, cluster_gpus=cluster_gpus))
