@@ -123,3 +123,22 @@ def test_a_request_that_waited_past_the_timeout_before_reaching_the_replica_is_a
     assert fresh == 200, fresh_body
     assert late == 504, late_body
     assert late_body["error"]["type"] == "timeout"
+
+
+def test_every_model_setting_reaches_the_reranker_a_replica_loads(tiny_model_dir: Path) -> None:
+    """``serve``, a Ray replica and the test service load the model through one function: a Ray replica
+    once ignored the cache sizes."""
+    from lychee_rerank.core.server.app import load_reranker
+
+    settings = ServerSettings(
+        model=str(tiny_model_dir),
+        device="cpu",
+        dtype="float32",
+        max_batch_tokens=1234,
+        image_cache_bytes=3 * 1024 * 1024,
+        vision_cache_bytes=5 * 1024 * 1024,
+    )
+    reranker = load_reranker(settings)
+    assert reranker.engine._images.max_bytes == 3 * 1024 * 1024
+    assert reranker.engine._vision_cache.max_bytes == 5 * 1024 * 1024
+    assert reranker.engine.max_batch_tokens == 1234

@@ -53,6 +53,26 @@ logger = logging.getLogger(__name__)
 ROUTES = (*wire.RERANK_ROUTES, wire.BATCH_ROUTE, wire.SCORE_ROUTE, wire.HEALTH_ROUTE, wire.METRICS_ROUTE)
 
 
+def load_reranker(settings: ServerSettings) -> LocalReranker:
+    """The model as the service's settings say: model, device, dtype, profile, batch size, media policy and
+    caches, with ``torch_threads`` applied first. The one place ``serve``, a Ray replica and the test
+    service load it, so that no setting is honoured by one and ignored by another."""
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    return LocalReranker(
+        model=settings.model,
+        device=settings.device,
+        dtype=settings.dtype,
+        profile=settings.profile,
+        max_batch_tokens=settings.max_batch_tokens,
+        media_policy=settings.media_policy(),
+        image_cache_bytes=settings.image_cache_bytes,
+        vision_cache_bytes=settings.vision_cache_bytes,
+    )
+
+
 def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: ScoreFunction | None = None) -> FastAPI:
     """The service around an already loaded reranker.
 

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from lychee_rerank.core.local import LocalReranker
-from lychee_rerank.core.server.app import create_app
+from lychee_rerank.core.server.app import create_app, load_reranker
 from lychee_rerank.core.server.connections import ConnectionLimits, GuardedServer
 from lychee_rerank.core.server.settings import ServerSettings
 
@@ -97,14 +97,8 @@ def running_service(model: str | os.PathLike[str], *, device: str = "cpu", **set
         >>> with running_service("tiny", max_documents=10) as service:  # doctest: +SKIP
         ...     httpx.post(f"{service.url}/v1/rerank", json={"query": "q", "documents": ["a"]}).json()
     """
-    config = ServerSettings(**{"ui": False, **settings, "model": os.fspath(model)})
-    reranker = LocalReranker(
-        model=config.model,
-        device=device,
-        media_policy=config.media_policy(),
-        image_cache_bytes=config.image_cache_bytes,
-        vision_cache_bytes=config.vision_cache_bytes,
-    )
+    config = ServerSettings(**{"ui": False, **settings, "model": os.fspath(model), "device": device})
+    reranker = load_reranker(config)
     app = create_app(reranker, config)
     with BackgroundServer(app, limits=config.connection_limits()) as url:
         yield RunningService(url, app, reranker, config)

@@ -126,9 +126,8 @@ def serve(args: argparse.Namespace) -> int:
     for module in ("fastapi", "uvicorn", "torch", "transformers"):
         require(module, "server")  # one line naming the extra, not a traceback from deep inside
 
-    from lychee_rerank.core.local import LocalReranker
     from lychee_rerank.core.profiles import TINY_MODEL_NAME
-    from lychee_rerank.core.server.app import create_app
+    from lychee_rerank.core.server.app import create_app, load_reranker
     from lychee_rerank.core.server.connections import GuardedServer
 
     settings = settings_from_args(args)
@@ -138,23 +137,9 @@ def serve(args: argparse.Namespace) -> int:
     # Ray Serve: the same app from N replicas; each replica loads its own model.
     if getattr(args, "ray", False):
         return serve_on_ray(settings, options_from_args(args))
-    if settings.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     if settings.model == TINY_MODEL_NAME:
         print("NOTE: --model tiny is a small random model: its scores mean nothing.", file=sys.stderr)
-    reranker = LocalReranker(
-        model=settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        profile=settings.profile,
-        max_batch_tokens=settings.max_batch_tokens,
-        media_policy=settings.media_policy(),
-        image_cache_bytes=settings.image_cache_bytes,
-        vision_cache_bytes=settings.vision_cache_bytes,
-    )
-    app = create_app(reranker, settings)
+    app = create_app(load_reranker(settings), settings)
     server = GuardedServer(
         app, settings.connection_limits(), host=settings.host, port=settings.port, log_level=settings.log_level
     )

@@ -291,23 +291,10 @@ def replica_app(overrides: Mapping[str, Any], replica: str) -> Any:
     The environment is read here, in the replica, so that a key from a Kubernetes Secret in the pod's
     environment reaches the service without travelling through Ray's control plane.
     """
-    from lychee_rerank.core.local import LocalReranker
-    from lychee_rerank.core.server.app import create_app
+    from lychee_rerank.core.server.app import create_app, load_reranker
 
     settings = ServerSettings.from_env(**overrides)
-    if settings.torch_threads is not None:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-    reranker = LocalReranker(
-        model=settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        profile=settings.profile,
-        max_batch_tokens=settings.max_batch_tokens,
-        media_policy=settings.media_policy(),
-    )
-    app = create_app(reranker, settings)
+    app = create_app(load_reranker(settings), settings)
     app.add_middleware(ReplicaHeaderMiddleware, replica=replica)
     return app
 
