@@ -409,13 +409,13 @@ def count_work(model: Any) -> Iterator[WorkCount]:
         else:  # no 2-D mask: every position is real
             count.tokens += rows * new
 
-    def on_vision(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        count.patches += int(grid.prod(-1).sum()) if grid is not None else 0
+    def on_vision(_module: Any, args: tuple[Any, ...]) -> None:
+        count.patches += int(args[0].shape[0])
 
+    # The patch embedding, not the tower's forward: the engine runs the tower's blocks itself.
     handles = [
         model.model.language_model.register_forward_pre_hook(on_language, with_kwargs=True),
-        model.model.visual.register_forward_pre_hook(on_vision, with_kwargs=True),
+        model.model.visual.patch_embed.register_forward_pre_hook(on_vision),
     ]
     try:
         yield count

@@ -341,7 +341,7 @@ def run_vision_batching(engine: Any, request: dict[str, Any], count: int) -> dic
         together, batched_seconds = timed(device, lambda: engine._encode_images(prepared))
         alone, single_seconds = timed(device, lambda: [engine._encode_images([image])[0] for image in prepared])
     difference = max(
-        float((a["pooler_output"].float() - b["pooler_output"].float()).abs().max())
+        float((a["features"].float() - b["features"].float()).abs().max())
         for a, b in zip(together, alone, strict=True)
     )
     return {

@@ -142,13 +142,13 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(
     batch_sizes_tried: list[int] = []
 
     def fail_above_three_rows(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-        rows = kwargs["input_ids"].shape[0]
+        rows = kwargs["inputs_embeds"].shape[0]
         batch_sizes_tried.append(rows)
         if rows > 3:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     # The fault is injected into the model (the engine's dependency), not into the engine.
-    flaky.loaded.model.model.register_forward_pre_hook(fail_above_three_rows, with_kwargs=True)
+    flaky.loaded.model.model.language_model.register_forward_pre_hook(fail_above_three_rows, with_kwargs=True)
     assert flaky.score(queries["text+image"], documents) == pytest.approx(expected, abs=1e-5)
     assert len(documents) in batch_sizes_tried
     assert flaky.engine.stats.oom_splits > 0
@@ -161,7 +161,7 @@ def test_out_of_memory_on_a_single_pair_is_a_clear_error(tiny_model_dir: Path) -
     def always_fail(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    reranker.loaded.model.model.register_forward_pre_hook(always_fail, with_kwargs=True)
+    reranker.loaded.model.model.language_model.register_forward_pre_hook(always_fail, with_kwargs=True)
     with pytest.raises(InvalidInputError, match=r"document 1 alone .* does not fit .* lower max_pixels"):
         reranker.score("q", ["a", "b" * 50])
 
@@ -174,7 +174,7 @@ def test_other_errors_are_not_retried(tiny_model_dir: Path) -> None:
         calls.append(1)
         raise RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED")
 
-    reranker.loaded.model.model.register_forward_pre_hook(broken, with_kwargs=True)
+    reranker.loaded.model.model.language_model.register_forward_pre_hook(broken, with_kwargs=True)
     with pytest.raises(RuntimeError, match="CUBLAS"):
         reranker.score("q", ["a", "b", "c"])
     assert len(calls) == 1

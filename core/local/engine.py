@@ -10,16 +10,21 @@ What it does, and why:
 - Pairs are sorted by length and packed into batches of at most ``max_batch_tokens`` padded tokens, so
   short documents are not padded to the longest one; scores come back in input order.
 - The vision tower runs once per distinct image, and the new images of a batch go through it together
-  in one forward; each image's output is kept in an LRU bounded in bytes, so a query image shared by
-  every document (and by the next request) is encoded once. Decoded images are cached under a byte
-  budget too; the shared prefix's key/value cache lives only for its request.
+  (:mod:`~lychee_rerank.core.local.vision`: one attention call per layer for all their windows, not one
+  per window); each image's output is kept in an LRU bounded in bytes, so a query image shared by every
+  document (and by the next request) is encoded once. Decoded images are cached under a byte budget
+  too; the shared prefix's key/value cache lives only for its request.
+- Batches fit a memory budget as well as a token budget (:mod:`~lychee_rerank.core.local.budget`): what a
+  forward holds grows with its tokens, with the prefix every row attends over, and with the vision
+  tower's patches, so the tower runs in chunks of images and the language model in batches that fit.
 - System prompt, instruction and query (with its image) are the same for every document of a request:
   that shared token prefix is run once and its key/value cache reused by every batch, so each document
   costs only its own tokens.
 - Only the last position's hidden state is projected, and only on the two rows of the output head that
   matter ("yes" and "no"): never the 152k-wide vocabulary.
-- On CUDA out-of-memory a batch is split in two and retried; a single pair that still does not fit is
-  an error that says what to lower.
+- On CUDA out-of-memory a batch is split in two and retried, once the failed attempt's memory is
+  released (outside the ``except`` block, whose traceback would hold the failed forward's tensors) and
+  the vision cache emptied; a single pair that still does not fit is an error that says what to lower.
 
 A pair's score does not depend on what it is batched with: padding sits between the shared prefix and
 each document (or on the left) and is masked, positions are computed per row over real tokens only, and
@@ -33,7 +38,7 @@ import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,9 +47,12 @@ import torch
 from lychee_rerank.core.caches import ByteBudgetLRU
 from lychee_rerank.core.errors import ImageError, InvalidInputError, ModelLoadError
 from lychee_rerank.core.inputs import Document, Query
+from lychee_rerank.core.local.budget import DEFAULT_MAX_BATCH_MEMORY, MemoryModel
 from lychee_rerank.core.local.imagefit import fit_for
+from lychee_rerank.core.local.language import ImageSlot, KeyValues, TextModel, multimodal_positions, next_position
 from lychee_rerank.core.local.loading import LoadedModel
 from lychee_rerank.core.local.prompting import LiteralPromptEncoder
+from lychee_rerank.core.local.vision import TRANSFORMERS, VisionTower
 from lychee_rerank.core.media import DEFAULT_IMAGE_CACHE_BYTES, DEFAULT_POLICY, ImageCache, LoadedImage, MediaPolicy
 from lychee_rerank.core.profiles import Profile
 
@@ -78,7 +86,13 @@ class _PreparedImage:
 
     @property
     def token_count(self) -> int:
+        """Patches: the vision tower's tokens (the language model sees a quarter of them, merged)."""
         return int(self.grid_thw.prod())
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        frames, height, width = (int(value) for value in self.grid_thw[0])
+        return frames, height, width
 
 
 @dataclass
@@ -87,7 +101,8 @@ class _Prefix:
 
     input_ids: list[int]
     image_keys: list[str]
-    key_values: list[tuple[torch.Tensor, torch.Tensor]]
+    key_values: KeyValues
+    next_position: int  # where the rows' positions continue from
 
     @property
     def length(self) -> int:
@@ -124,7 +139,7 @@ class EngineStats:
     ``batch_sizes`` holds only the most recent :data:`STATS_WINDOW` batches (a service runs for months);
     ``pairs / batches`` is the mean over all of them.
     ``vision_encoded`` counts images through the vision tower, ``vision_forwards`` the tower's forward
-    passes (several images share one).
+    passes (several images share one) and ``vision_patches`` the patches they encoded.
     """
 
     pairs: int = 0
@@ -135,6 +150,7 @@ class EngineStats:
     padded_tokens: int = 0
     vision_encoded: int = 0
     vision_forwards: int = 0
+    vision_patches: int = 0
     vision_cache_hits: int = 0
     oom_splits: int = 0
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
@@ -148,13 +164,14 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def pack_batches(
-    lengths: Sequence[int], max_batch_tokens: int, *, max_padding: float = DEFAULT_MAX_PADDING
+    lengths: Sequence[int], max_batch_tokens: int, *, max_padding: float = DEFAULT_MAX_PADDING, row_overhead: int = 0
 ) -> list[list[int]]:
     """Groups indices, longest first, into batches that bound both memory and wasted work.
 
-    A batch holds at most ``max_batch_tokens`` padded tokens (``size * longest``), and no member is
-    shorter than ``(1 - max_padding)`` of the batch's longest, so padding never costs more than that
-    fraction of a member's work. A pair longer than the budget gets a batch of its own.
+    A batch holds at most ``max_batch_tokens`` padded tokens (``size * (longest + row_overhead)``: the
+    overhead is what each row costs beyond its own tokens, such as a shared prefix it attends over), and
+    no member is shorter than ``(1 - max_padding)`` of the batch's longest, so padding never costs more
+    than that fraction of a member's work. A pair longer than the budget gets a batch of its own.
 
     Example:
         >>> pack_batches([50, 48, 90, 30], max_batch_tokens=100)
@@ -168,7 +185,7 @@ def pack_batches(
     for index in order:
         # Sorted longest first, so the batch's padded width is its first member's length.
         width = lengths[current[0]] if current else lengths[index]
-        too_big = (len(current) + 1) * width > max_batch_tokens
+        too_big = (len(current) + 1) * (width + row_overhead) > max_batch_tokens
         too_short = lengths[index] < (1 - max_padding) * width
         if current and (too_big or too_short):
             batches.append(current)
@@ -196,6 +213,10 @@ class ScoringEngine:
             processor's pixel bounds; an RGB pixel holds 4 bytes); 0 turns the cache off.
         reuse_prefix: Run the prompt part shared by all documents of a request once.
         max_padding: How much shorter than its batch's longest a pair may be.
+        max_batch_memory: Bytes of activations one forward may hold (estimated from the model's shape:
+            tokens, the prefix each row attends over, vision patches); None: ``max_batch_tokens`` alone.
+        vision_attention: How the vision tower attends (:data:`~lychee_rerank.core.local.vision.
+            VISION_ATTENTION_PATHS`); None picks the fastest that works here (:attr:`vision_attention`).
     """
 
     def __init__(
@@ -209,9 +230,13 @@ class ScoringEngine:
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
         reuse_prefix: bool = True,
         max_padding: float = DEFAULT_MAX_PADDING,
+        max_batch_memory: int | None = DEFAULT_MAX_BATCH_MEMORY,
+        vision_attention: str | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be positive, got {max_batch_tokens}")
+        if max_batch_memory is not None and max_batch_memory < 1:
+            raise ValueError(f"max_batch_memory must be positive bytes or None, got {max_batch_memory}")
         if not 0.0 <= max_padding <= 1.0:
             raise ValueError(f"max_padding must be between 0 and 1, got {max_padding}")
         for name, budget in (("vision_cache_bytes", vision_cache_bytes), ("image_cache_bytes", image_cache_bytes)):
@@ -221,6 +246,8 @@ class ScoringEngine:
         self.loaded = loaded
         self.profile = profile
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_memory = max_batch_memory
+        self.memory = MemoryModel.of(loaded.model.config, loaded.dtype)
         self.media_policy = media_policy
         self.reuse_prefix = reuse_prefix
         # Positions are computed here (per full row, for the shared-prefix path) with the model's own
@@ -248,8 +275,24 @@ class ScoringEngine:
         bias = getattr(head, "bias", None)
         self._answer_bias = None if bias is None else bias.detach().index_select(0, rows).float()
         self._image_token_id = int(processor.image_token_id)
-        self._merge_length = int(processor.image_processor.merge_size) ** 2
+        self._merge_size = int(processor.image_processor.merge_size)
+        self._merge_length = self._merge_size**2
         self._pad_id = self._pad_token_id()
+        self._text = TextModel(self._base, self._image_token_id)
+        self._tower = VisionTower(self._base.visual, attention=vision_attention)
+
+    @property
+    def vision_attention(self) -> str:
+        """How the vision tower attends here: ``flash-attn-varlen``, ``torch-varlen``, ``sdpa-packed``
+        (one call per layer for every window of every image) or ``transformers`` (its own forward)."""
+        return self._tower.attention
+
+    @property
+    def batch_token_limit(self) -> int:
+        """Padded tokens per forward: ``max_batch_tokens``, or fewer where ``max_batch_memory`` binds."""
+        if self.max_batch_memory is None:
+            return self.max_batch_tokens
+        return min(self.max_batch_tokens, self.memory.token_limit(self.max_batch_memory))
 
     # -- public -----------------------------------------------------------------------------------
 
@@ -352,8 +395,12 @@ class ScoringEngine:
         """Packs ``pairs`` into batches and scores them; results by ``pair.index``."""
         skip = prefix.length if prefix else 0
         scores = [0.0] * len(pairs)
+        overhead = self.memory.row_overhead(skip) if self.max_batch_memory is not None else 0
         for batch in pack_batches(
-            [len(pair) - skip for pair in pairs], self.max_batch_tokens, max_padding=self.max_padding
+            [len(pair) - skip for pair in pairs],
+            self.batch_token_limit,
+            max_padding=self.max_padding,
+            row_overhead=overhead,
         ):
             members = [pairs[i] for i in batch]
             for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
@@ -508,16 +555,20 @@ class ScoringEngine:
         ids = pairs[0].input_ids[:length]
         keys = pairs[0].image_keys[:image_count]
         try:
-            output = self._forward([ids], [keys], images, prefix=None, use_cache=True)
+            _, key_values = self._forward([ids], [keys], images, prefix=None, record=True)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
+            out_of_memory = True
+        else:
+            out_of_memory = False
+        if out_of_memory:
             # Scoring without the shared prefix needs no more memory per pair than scoring with it.
             logger.warning("out of memory on the shared prefix (%d tokens); scoring without it", length)
+            self._release_memory()
             return None
         self.stats.computed_tokens += length
-        key_values = [(layer.keys, layer.values) for layer in output.cache.layers]
-        return _Prefix(ids, keys, key_values)
+        return _Prefix(ids, keys, key_values, next_position(length, self._slots(ids, keys, images)))
 
     def _pad_token_id(self) -> int:
         tokenizer = self.loaded.tokenizer
@@ -532,26 +583,37 @@ class ScoringEngine:
     def _score_with_retry(
         self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
     ) -> list[float]:
+        """Scores one batch; on out-of-memory, halves it until every part fits (a lone pair that does not
+        fit is an error that says what to lower)."""
         try:
             return self._score_batch(pairs, images, prefix)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
-            if self.loaded.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(pairs) == 1:
-                raise InvalidInputError(
-                    f"document {pairs[0].index} alone ({len(pairs[0])} tokens) does not fit in accelerator "
-                    "memory; lower max_pixels or shorten the document"
-                ) from error
-            self.stats.oom_splits += 1
-            half = len(pairs) // 2
-            logger.warning(
-                "out of memory on a batch of %d pairs; retrying as %d + %d", len(pairs), half, len(pairs) - half
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        # Retried only here, outside the except block: inside it, the exception's traceback would keep
+        # every frame of the failed forward alive, with the activations it had allocated, through every
+        # retry below (and their own failures would stack on top).
+        self._release_memory()
+        if len(pairs) == 1:
+            raise InvalidInputError(
+                f"document {pairs[0].index} alone ({len(pairs[0])} tokens) does not fit in accelerator "
+                f"memory ({reason}); lower max_pixels or shorten the document"
             )
-            return self._score_with_retry(pairs[:half], images, prefix) + self._score_with_retry(
-                pairs[half:], images, prefix
-            )
+        self.stats.oom_splits += 1
+        half = len(pairs) // 2
+        logger.warning("out of memory on a batch of %d pairs; retrying as %d + %d", len(pairs), half, len(pairs) - half)
+        return self._score_with_retry(pairs[:half], images, prefix) + self._score_with_retry(
+            pairs[half:], images, prefix
+        )
+
+    def _release_memory(self) -> None:
+        """What an out-of-memory retry can do without: cached vision outputs (on the device; recomputed
+        when needed) and the allocator's free blocks (returned, so the retry is not refused by
+        fragmentation)."""
+        self._vision_cache.clear()
+        if self.loaded.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def _score_batch(
@@ -559,15 +621,13 @@ class ScoringEngine:
     ) -> list[float]:
         skip = prefix.length if prefix else 0
         skip_images = len(prefix.image_keys) if prefix else 0
-        output = self._forward(
+        last, _ = self._forward(
             [pair.input_ids[skip:] for pair in pairs],
             [pair.image_keys[skip_images:] for pair in pairs],
             images,
             prefix=prefix,
-            use_cache=False,
         )
-        hidden = output.last_hidden_state[:, -1, :].float()
-        logits = hidden @ self._answer_rows.T
+        logits = last.float() @ self._answer_rows.T
         if self._answer_bias is not None:
             logits = logits + self._answer_bias
         # softmax over (yes, no) is the logistic of the difference.
@@ -586,140 +646,144 @@ class ScoringEngine:
         images: dict[str, _PreparedImage],
         *,
         prefix: _Prefix | None,
-        use_cache: bool,
-    ) -> Any:
-        """Runs the language model on ``rows`` (each continuing ``prefix``, if any).
+        record: bool = False,
+    ) -> tuple[torch.Tensor, KeyValues]:
+        """Runs the language model on ``rows`` (each continuing ``prefix``, if any): the last position's
+        hidden state per row, and (with ``record``) each layer's keys and values.
 
         Rows are padded on the left of their own tokens, i.e. between the shared prefix and the row, and
         the padding is masked. Positions (Qwen-VL's 3-D multimodal positions when images are present) are
-        computed over each full row, prefix included, and counted over real tokens only.
+        computed over each row's real tokens, continuing from the prefix.
         """
         device = self.loaded.device
-        prefix_ids = prefix.input_ids if prefix else []
-        prefix_keys = prefix.image_keys if prefix else []
+        prefix_length = prefix.length if prefix else 0
         width = max(len(row) for row in rows)
-        total = len(prefix_ids) + width
-        input_ids = torch.full((len(rows), total), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), total), dtype=torch.long)
-        if prefix_ids:
-            input_ids[:, : len(prefix_ids)] = torch.tensor(prefix_ids, dtype=torch.long)
-            attention_mask[:, : len(prefix_ids)] = 1
+        input_ids = torch.tensor([[self._pad_id] * (width - len(row)) + row for row in rows], dtype=torch.long)
+        attention_mask = torch.ones((len(rows), prefix_length + width), dtype=torch.long)
         for index, row in enumerate(rows):
-            input_ids[index, total - len(row) :] = torch.tensor(row, dtype=torch.long)
-            attention_mask[index, total - len(row) :] = 1
-        input_ids = input_ids.to(device)
-        attention_mask = attention_mask.to(device)
-        position_ids = self._positions(
-            input_ids, attention_mask, [prefix_keys + keys for keys in row_image_keys], images
+            attention_mask[index, prefix_length : prefix_length + width - len(row)] = 0
+        slots = [self._slots(row, keys, images) for row, keys in zip(rows, row_image_keys, strict=True)]
+        positions = multimodal_positions(
+            [len(row) for row in rows],
+            slots,
+            width,
+            starts=None if prefix is None else [prefix.next_position] * len(rows),
         )
-        inputs: dict[str, Any] = {
-            "input_ids": input_ids[:, len(prefix_ids) :],
-            "attention_mask": attention_mask,
-            "position_ids": position_ids[:, :, len(prefix_ids) :],
-            "use_cache": use_cache,
-        }
-        if prefix is not None:
-            inputs["cache"] = self._expand_prefix_cache(prefix, len(rows))
-        new_image_keys = [key for keys in row_image_keys for key in keys]
-        if new_image_keys:
-            inputs["mm_encoder_outputs"] = {"image": self._vision_outputs(new_image_keys, images)}
-        return self._base(**inputs)
-
-    def _positions(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        row_image_keys: list[list[str]],
-        images: dict[str, _PreparedImage],
-    ) -> torch.Tensor:
-        """(3, batch, length) positions: 1-D over real tokens for text, Qwen-VL's 3-D grid for images."""
-        if not any(row_image_keys):
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            return positions.unsqueeze(0).expand(3, -1, -1)
-        grids = torch.cat([images[key].grid_thw for keys in row_image_keys for key in keys]).to(input_ids.device)
-        positions, _ = self._base.get_rope_index(
-            input_ids,
-            mm_token_type_ids=(input_ids == self._image_token_id).int(),
-            image_grid_thw=grids,
-            attention_mask=attention_mask,
-        )
-        return positions  # type: ignore[no-any-return]
-
-    def _expand_prefix_cache(self, prefix: _Prefix, rows: int) -> Any:
-        from transformers import DynamicCache
-
-        return DynamicCache(
-            ddp_cache_data=[
-                (keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1)) for keys, values in prefix.key_values
-            ]
+        features, deepstack = self._vision_features([key for keys in row_image_keys for key in keys], images)
+        return self._text(
+            input_ids.to(device),
+            attention_mask.to(device),
+            positions.to(device),
+            prefix=None if prefix is None else prefix.key_values,
+            image_features=features,
+            deepstack=deepstack,
+            record=record,
         )
 
-    def _vision_outputs(self, image_keys: list[str], images: dict[str, _PreparedImage]) -> Any:
-        """The vision tower's output for each image slot, encoding only images not seen recently.
+    def _slots(self, row: list[int], keys: list[str], images: dict[str, _PreparedImage]) -> list[ImageSlot]:
+        """Each image of ``row``: its placeholder run and its merged grid."""
+        merge = self._merge_size
+        slots = []
+        for (start, end), key in zip(self._image_runs(row), keys, strict=True):
+            frames, height, width = images[key].grid
+            slots.append(ImageSlot(start, end, (frames, height // merge, width // merge)))
+        return slots
 
-        The images not in the cache go through the tower together, in one forward: on a GPU, ~30 layers
-        of small kernels per image would otherwise cost more in launches than in arithmetic. The tower
-        attends within each image (its ``cu_seqlens`` and windows are per image), so a batched feature
-        equals a lone one up to float rounding. The images of one language-model batch hold at most
-        ``max_batch_tokens`` image tokens, so that budget bounds the tower's memory too, and an
-        out-of-memory here splits the batch like one in the language model.
-        """
+    def _vision_features(
+        self, image_keys: list[str], images: dict[str, _PreparedImage]
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor] | None]:
+        """The features of each image slot, joined in slot order (and Qwen3-VL's deepstack layers),
+        encoding only images not seen recently."""
+        if not image_keys:
+            return None, None
         wanted = list(dict.fromkeys(image_keys))
         found = {key: value for key in wanted if (value := self._vision_cache.get(key)) is not None}
         self.stats.vision_cache_hits += len(found)
         missing = [key for key in wanted if key not in found]
-        if missing:
-            for key, value in zip(missing, self._encode_images([images[key] for key in missing]), strict=True):
-                found[key] = value
-                self._vision_cache.put(key, value, _vision_nbytes(value))
-            self.stats.vision_encoded += len(missing)
-            self.stats.vision_forwards += 1
+        for key, value in zip(missing, self._encode_images([images[key] for key in missing]), strict=True):
+            found[key] = value
+            self._vision_cache.put(key, value, _vision_nbytes(value))
+        self.stats.vision_encoded += len(missing)
         # Joined from this call's own dict: a cache smaller than the batch's images may already have
         # evicted some of them.
-        return _join_vision_outputs([found[key] for key in image_keys])
+        parts = [found[key] for key in image_keys]
+        features = torch.cat([part["features"] for part in parts])
+        if "deepstack" not in parts[0]:
+            return features, None
+        layers = len(parts[0]["deepstack"])
+        return features, [torch.cat([part["deepstack"][layer] for part in parts]) for layer in range(layers)]
 
     def _encode_images(self, prepared: list[_PreparedImage]) -> list[dict[str, Any]]:
+        """Vision outputs of ``prepared``, one per image: the images go through the tower together, in as
+        few forwards as ``max_batch_memory`` allows (on a GPU, ~30 layers of small kernels per image
+        would otherwise cost more in launches than in arithmetic)."""
+        limit = None if self.max_batch_memory is None else self.memory.patch_limit(self.max_batch_memory)
+        outputs: list[dict[str, Any]] = []
+        chunk: list[_PreparedImage] = []
+        patches = 0
+        for image in prepared:
+            if chunk and limit is not None and patches + image.token_count > limit:
+                outputs += self._encode_chunk(chunk)
+                chunk, patches = [], 0
+            chunk.append(image)
+            patches += image.token_count
+        if chunk:
+            outputs += self._encode_chunk(chunk)
+        return outputs
+
+    @torch.inference_mode()
+    def _encode_chunk(self, prepared: list[_PreparedImage]) -> list[dict[str, Any]]:
         """One vision forward over the concatenated patches of ``prepared``; one output per image."""
         device = self.loaded.device
         pixel_values = torch.cat([image.pixel_values for image in prepared]).to(device)
-        grid_thw = torch.cat([image.grid_thw for image in prepared]).to(device)
-        output = self._base.get_image_features(pixel_values, grid_thw, return_dict=True)
-        return _split_vision_output(output, len(prepared))
+        grids = [image.grid for image in prepared]
+        deepstack: list[torch.Tensor] | None = None
+        if self._tower.attention == TRANSFORMERS:
+            visual = self._base.visual
+            grid_thw = torch.tensor(grids, dtype=torch.long, device=device)
+            features, deepstack = _tower_output(visual(pixel_values.to(visual.dtype), grid_thw=grid_thw))
+        else:
+            features = self._tower(pixel_values, grids)
+        self.stats.vision_forwards += 1
+        self.stats.vision_patches += sum(image.token_count for image in prepared)
+        sizes = [image.token_count // self._merge_length for image in prepared]
+        return _split_vision_output(features, deepstack, sizes)
+
+
+def _tower_output(output: Any) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """A vision tower's merged features and deepstack layers, whichever form this transformers returns
+    them in (a tensor, a tuple, or an output object with ``pooler_output``)."""
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple):
+        return output[0], list(output[1]) if len(output) > 1 else None
+    deepstack = getattr(output, "deepstack_features", None)
+    return output.pooler_output, None if deepstack is None else list(deepstack)
 
 
 def _vision_nbytes(output: dict[str, Any]) -> int:
     """The bytes the tensors of one image's vision output hold."""
-    tensors = [output["pooler_output"], *output.get("deepstack_features", [])]
+    tensors = [output["features"], *output.get("deepstack", [])]
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def _split_vision_output(output: Any, count: int) -> list[dict[str, Any]]:
-    """Per-image fields of a vision output for ``count`` images (features, and deepstack where present).
+def _split_vision_output(
+    features: torch.Tensor, deepstack: list[torch.Tensor] | None, sizes: list[int]
+) -> list[dict[str, Any]]:
+    """Per-image pieces of a vision forward's output (features, and deepstack layers where present).
 
     A piece of a several-image output is copied, so that a cached image holds its own memory and not
     the whole batch's.
     """
 
-    def own(piece: torch.Tensor) -> torch.Tensor:
-        return piece.clone() if count > 1 else piece
+    def pieces(tensor: torch.Tensor) -> list[torch.Tensor]:
+        if len(sizes) == 1:
+            return [tensor]
+        return [piece.clone() for piece in torch.split(tensor, sizes)]
 
-    deepstack = getattr(output, "deepstack_features", None)
-    parts: list[dict[str, Any]] = []
-    for index in range(count):
-        fields: dict[str, Any] = {"type": type(output), "pooler_output": own(output.pooler_output[index])}
-        if deepstack is not None:
-            fields["deepstack_features"] = [own(layer[index]) for layer in deepstack]
-        parts.append(fields)
+    parts: list[dict[str, Any]] = [{"features": piece} for piece in pieces(features)]
+    if deepstack is not None:
+        layers = [pieces(layer) for layer in deepstack]
+        for index, part in enumerate(parts):
+            part["deepstack"] = [layer[index] for layer in layers]
     return parts
-
-
-def _join_vision_outputs(parts: list[dict[str, Any]]) -> Any:
-    """Rebuilds a vision output for several image slots from per-image pieces, in slot order."""
-    output_type: Callable[..., Any] = parts[0]["type"]
-    joined: dict[str, Any] = {"pooler_output": tuple(part["pooler_output"] for part in parts)}
-    if "deepstack_features" in parts[0]:
-        layers = len(parts[0]["deepstack_features"])
-        joined["deepstack_features"] = [
-            tuple(part["deepstack_features"][layer] for part in parts) for layer in range(layers)
-        ]
-    return output_type(**joined)

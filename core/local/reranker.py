@@ -9,6 +9,7 @@ import torch
 
 from lychee_rerank.core.inputs import DocumentLike, QueryLike, as_documents, as_query
 from lychee_rerank.core.interface import BaseReranker
+from lychee_rerank.core.local.budget import DEFAULT_MAX_BATCH_MEMORY
 from lychee_rerank.core.local.engine import (
     DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_PADDING,
@@ -44,6 +45,12 @@ class LocalReranker(BaseReranker):
             to ``max_pixels`` first, an RGB pixel holding 4 bytes); default 256 MiB; 0 turns it off.
         vision_cache_bytes: Memory for vision-tower outputs of images seen recently, on the model's
             device; default 256 MiB; 0 turns it off.
+        max_batch_memory: Bytes of activations one forward may hold, estimated from the model's shape
+            (its tokens, the shared prefix each row attends over, the vision tower's patches); default
+            1 GiB, which keeps a 7B model's peak above its weights under 2 GB. None: tokens alone.
+        vision_attention: How the vision tower attends: ``"flash-attn-varlen"``, ``"torch-varlen"``,
+            ``"sdpa-packed"`` or ``"transformers"`` (its own forward, one call per window); default: the
+            fastest that works here (``reranker.engine.vision_attention`` says which).
 
     Example:
         >>> reranker = LocalReranker(model="tiny")  # doctest: +SKIP
@@ -66,6 +73,8 @@ class LocalReranker(BaseReranker):
         max_padding: float = DEFAULT_MAX_PADDING,
         image_cache_bytes: int = DEFAULT_IMAGE_CACHE_BYTES,
         vision_cache_bytes: int = DEFAULT_VISION_CACHE_BYTES,
+        max_batch_memory: int | None = DEFAULT_MAX_BATCH_MEMORY,
+        vision_attention: str | None = None,
     ) -> None:
         self.profile = get_profile(profile)
         name = model or os.environ.get("LYCHEE_MODEL") or self.profile.default_model
@@ -87,6 +96,8 @@ class LocalReranker(BaseReranker):
             max_padding=max_padding,
             image_cache_bytes=image_cache_bytes,
             vision_cache_bytes=vision_cache_bytes,
+            max_batch_memory=max_batch_memory,
+            vision_attention=vision_attention,
         )
 
     @property
