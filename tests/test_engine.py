@@ -6,6 +6,7 @@ import asyncio
 import random
 import statistics
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,53 @@ def test_out_of_memory_splits_the_batch_and_loses_nothing(
     assert len(documents) in batch_sizes_tried
     assert flaky.engine.stats.oom_splits > 0
     assert max(flaky.engine.stats.batch_sizes) <= 3
+
+
+class FakeAccelerator:
+    """Memory that an attempt holds for as long as anything refers to what it allocated, as CUDA's does.
+
+    A hook on the model's first decoder layer allocates each forward's activations (``unit`` numbers a
+    row) and raises the accelerator's out-of-memory error when what is alive exceeds ``capacity``. What
+    a failed forward allocated stays alive while its frames are: for as long as its exception's traceback
+    is referred to, e.g. by an ``except`` block that is still running.
+    """
+
+    def __init__(self, capacity_rows: int, unit: int = 1024) -> None:
+        self.capacity = capacity_rows * unit
+        self.unit = unit
+        self.allocations: list[weakref.ref[torch.Tensor]] = []
+        self.attempts: list[tuple[int, int]] = []  # (rows, units alive before this attempt)
+
+    def in_use(self) -> int:
+        self.allocations = [ref for ref in self.allocations if ref() is not None]
+        return sum(tensor.numel() for ref in self.allocations if (tensor := ref()) is not None)
+
+    def hook(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        rows = hidden.shape[0]
+        self.attempts.append((rows, self.in_use() // self.unit))
+        activations = torch.empty(rows * self.unit)
+        self.allocations.append(weakref.ref(activations))
+        if self.in_use() > self.capacity:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} rows of activations")
+
+
+def test_out_of_memory_retries_only_after_the_failed_attempt_is_released(
+    tiny_model_dir: Path, queries: dict[str, Query], image_files: list[Path]
+) -> None:
+    documents = mixed_documents(image_files)
+    healthy = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000, max_padding=1.0)
+    expected = healthy.score(queries["text+image"], documents)
+    flaky = LocalReranker(model=str(tiny_model_dir), device="cpu", max_batch_tokens=100_000, max_padding=1.0)
+    # Two rows fit; all eighteen do not. Each retry must find the memory of the attempts before it free:
+    # a retry made while the failed attempt's traceback is alive would find 18 + 9 + 4 + ... rows taken.
+    accelerator = FakeAccelerator(capacity_rows=2)
+    flaky.loaded.model.model.language_model.layers[0].register_forward_pre_hook(accelerator.hook, with_kwargs=True)
+
+    assert flaky.score(queries["text+image"], documents) == pytest.approx(expected, abs=1e-5)
+    assert flaky.engine.stats.oom_splits > 0
+    assert max(flaky.engine.stats.batch_sizes) <= 2
+    assert all(alive == 0 for _, alive in accelerator.attempts), accelerator.attempts
 
 
 def test_out_of_memory_on_a_single_pair_is_a_clear_error(tiny_model_dir: Path) -> None:

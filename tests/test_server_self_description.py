@@ -99,6 +99,8 @@ def test_health_says_which_model_device_and_dtype_serve(service: str) -> None:
     assert health["device"] == "cpu"
     assert health["dtype"] == "float32"
     assert health["untrained"] is True  # the tiny checkpoint holds random weights
+    # On a CPU the vision tower stacks every window of every image into one SDPA call per layer.
+    assert health["vision_attention"] == "sdpa-packed"
 
 
 def test_the_ui_shows_what_serves_and_warns_about_the_untrained_model(tiny_reranker: LocalReranker) -> None:

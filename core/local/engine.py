@@ -139,7 +139,8 @@ class EngineStats:
     ``batch_sizes`` holds only the most recent :data:`STATS_WINDOW` batches (a service runs for months);
     ``pairs / batches`` is the mean over all of them.
     ``vision_encoded`` counts images through the vision tower, ``vision_forwards`` the tower's forward
-    passes (several images share one) and ``vision_patches`` the patches they encoded.
+    passes (several images share one), ``vision_patches`` the patches they encoded and
+    ``vision_attention_calls`` the attention kernels they called (the engine's own tower only).
     """
 
     pairs: int = 0
@@ -151,6 +152,7 @@ class EngineStats:
     vision_encoded: int = 0
     vision_forwards: int = 0
     vision_patches: int = 0
+    vision_attention_calls: int = 0
     vision_cache_hits: int = 0
     oom_splits: int = 0
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
@@ -743,7 +745,9 @@ class ScoringEngine:
             grid_thw = torch.tensor(grids, dtype=torch.long, device=device)
             features, deepstack = _tower_output(visual(pixel_values.to(visual.dtype), grid_thw=grid_thw))
         else:
+            calls = self._tower.attention_calls
             features = self._tower(pixel_values, grids)
+            self.stats.vision_attention_calls += self._tower.attention_calls - calls
         self.stats.vision_forwards += 1
         self.stats.vision_patches += sum(image.token_count for image in prepared)
         sizes = [image.token_count // self._merge_length for image in prepared]

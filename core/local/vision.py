@@ -241,6 +241,7 @@ class VisionTower:
         weight = next(visual.parameters())
         self.device, self.dtype = weight.device, weight.dtype
         self.attention = self._choose(attention)
+        self.attention_calls = 0  # kernel calls made, for benchmarks and stats
         if self.supported:
             rotary = visual.rotary_pos_emb
             self._inv_freq = rotary.inv_freq.detach().to(self.device, torch.float32)
@@ -403,6 +404,7 @@ class VisionTower:
         query, key, value = module.qkv(hidden).reshape(length, 3, heads, -1).unbind(1)
         query, key = _rotate(query, layout.cos, layout.sin), _rotate(key, layout.cos, layout.sin)
         output = attend(query, key, value, segments)
+        self.attention_calls += len(segments.groups) if self.attention == SDPA_PACKED else 1
         return module.proj(output.reshape(length, -1))  # type: ignore[no-any-return]
 
 

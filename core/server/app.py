@@ -157,6 +157,7 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
             device=served.device,
             dtype=served.dtype,
             untrained=served.untrained,
+            vision_attention=served.vision_attention,
             queue_depth=scheduler.depth,
         )
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
@@ -183,19 +184,27 @@ def create_app(reranker: LocalReranker, settings: ServerSettings, *, score: Scor
 
 @dataclass(frozen=True)
 class ServedModel:
-    """What serves, as ``/health`` and the UI say it: the model's name, device, dtype, and whether untrained."""
+    """What serves, as ``/health`` and the UI say it: the model's name, device, dtype, whether untrained,
+    and how its vision tower attends."""
 
     name: str
     device: str
     dtype: str
     untrained: bool
+    vision_attention: str
 
     @classmethod
     def of(cls, reranker: LocalReranker, name: str) -> ServedModel:
         """Reads the facts off a loaded reranker; ``name`` is the name the service reports."""
         loaded = reranker.loaded
         untrained = loaded.name == TINY_MODEL_NAME or has_random_weights(loaded.path)
-        return cls(name, str(loaded.device), str(loaded.dtype).removeprefix("torch."), untrained)
+        return cls(
+            name,
+            str(loaded.device),
+            str(loaded.dtype).removeprefix("torch."),
+            untrained,
+            reranker.engine.vision_attention,
+        )
 
     def describe(self) -> str:
         """One line: ``model X on cpu (float32)``."""

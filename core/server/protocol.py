@@ -339,4 +339,8 @@ class Health(BaseModel):
     device: str = Field(description="where the model runs: cpu, cuda, cuda:1...")
     dtype: str = Field(description="the model's weights' type: float32, bfloat16...")
     untrained: bool = Field(description="true for the random test model (`--model tiny`): its scores mean nothing")
+    vision_attention: str = Field(
+        description="how the vision tower attends: flash-attn-varlen, torch-varlen, sdpa-packed (one call per "
+        "layer for all windows of all images) or transformers (the model's own forward)"
+    )
     queue_depth: int
