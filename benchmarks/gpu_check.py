@@ -341,8 +341,7 @@ def run_vision_batching(engine: Any, request: dict[str, Any], count: int) -> dic
         together, batched_seconds = timed(device, lambda: engine._encode_images(prepared))
         alone, single_seconds = timed(device, lambda: [engine._encode_images([image])[0] for image in prepared])
     difference = max(
-        float((a["features"].float() - b["features"].float()).abs().max())
-        for a, b in zip(together, alone, strict=True)
+        float((a["features"].float() - b["features"].float()).abs().max()) for a, b in zip(together, alone, strict=True)
     )
     return {
         "images": len(prepared),

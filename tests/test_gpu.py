@@ -219,16 +219,23 @@ def test_shared_prefix_with_padding_changes_no_score_on_cuda(
 
 @needs_cuda_memory
 def test_out_of_memory_split_on_cuda_loses_nothing(medium_model_dir: Path, record_property: Any) -> None:
+    # No token or memory budget: the 48 pairs go in one batch, and only the memory cap below splits them.
     reranker = LocalReranker(
-        model=str(medium_model_dir), device="cuda", dtype="float32", max_batch_tokens=1_000_000, max_padding=1.0
+        model=str(medium_model_dir),
+        device="cuda",
+        dtype="float32",
+        max_batch_tokens=1_000_000,
+        max_padding=1.0,
+        max_batch_memory=None,
     )
     query = Query("white linen shirt")
     docs = candidates(48)
     expected = reranker.score(query, docs)  # one batch of 48, no cap
-    assert reranker.engine.stats.batch_sizes == [48]
+    assert list(reranker.engine.stats.batch_sizes) == [48]
     reranker.engine.clear_caches()
 
-    device = torch.device("cuda")
+    # set_per_process_memory_fraction needs the device's index, which torch.device("cuda") leaves unset.
+    device = torch.device("cuda", torch.cuda.current_device())
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
     reranker.score(query, docs[:2])
@@ -248,12 +255,13 @@ def test_out_of_memory_split_on_cuda_loses_nothing(medium_model_dir: Path, recor
         torch.cuda.set_per_process_memory_fraction(1.0, device)
         torch.cuda.empty_cache()
 
+    under_cap = list(stats.batch_sizes)[batches_before:]
     record_property("memory_cap_mib", cap / 2**20)
     record_property("oom_splits", stats.oom_splits - splits_before)
-    record_property("batch_sizes_under_cap", stats.batch_sizes[batches_before:])
+    record_property("batch_sizes_under_cap", under_cap)
     assert stats.oom_splits > splits_before
     assert len(capped) == len(docs)
-    assert max(stats.batch_sizes[batches_before:]) < len(docs)
+    assert max(under_cap) < len(docs)
     assert capped == pytest.approx(expected, abs=1e-5)
 
 
@@ -264,7 +272,9 @@ def test_peak_memory_above_the_weights_at_100_candidates(medium_model_dir: Path,
     docs = candidates(100)
     peaks = {}
     for label, budget in (("default budget", None), ("one batch", 1_000_000)):
-        options: dict[str, Any] = {} if budget is None else {"max_batch_tokens": budget, "max_padding": 1.0}
+        options: dict[str, Any] = (
+            {} if budget is None else {"max_batch_tokens": budget, "max_padding": 1.0, "max_batch_memory": None}
+        )
         reranker = LocalReranker(model=str(medium_model_dir), device="cuda", dtype="bfloat16", **options)
         torch.cuda.empty_cache()
         weights = torch.cuda.memory_allocated(device)
@@ -279,3 +289,31 @@ def test_peak_memory_above_the_weights_at_100_candidates(medium_model_dir: Path,
     assert peaks["default budget"] > 0
     # The token budget is what bounds memory: one unbounded batch of 100 needs more.
     assert peaks["default budget"] < peaks["one batch"]
+
+
+@needs_cuda_memory
+def test_peak_memory_stays_within_the_batch_memory_budget(medium_model_dir: Path, record_property: Any) -> None:
+    # A budget small enough to split 100 image+text candidates into many batches and tower chunks; no
+    # vision cache, so that what is measured is one forward's activations (and the prefix's cache).
+    budget = 32 * 2**20
+    device = torch.device("cuda", torch.cuda.current_device())
+    reranker = LocalReranker(
+        model=str(medium_model_dir), device="cuda", dtype="bfloat16", max_batch_memory=budget, vision_cache_bytes=0
+    )
+    query = Query("a product like this one", image=picture(224, 224, 1))
+    docs = candidates(100)
+    reranker.score(query, docs[:4])  # kernels chosen, allocator grown
+    torch.cuda.empty_cache()
+    weights = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    scores = reranker.score(query, docs)
+    peak = torch.cuda.max_memory_allocated(device) - weights
+    record_property("budget_mib", budget / 2**20)
+    record_property("peak_above_weights_mib", peak / 2**20)
+    record_property("batches", reranker.engine.stats.batches)
+    print(f"peak above the weights {peak / 2**20:.1f} MiB under a {budget / 2**20:.0f} MiB budget")
+    assert len(scores) == len(docs)
+    assert reranker.engine.stats.batches > 4
+    # Measured on the CPU: 1.02x the budget. CUDA's kernels differ (attention with a mask, cuBLAS
+    # workspaces), hence the margin; a budget that is not honoured at all peaks several times over.
+    assert peak <= 1.5 * budget

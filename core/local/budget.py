@@ -11,11 +11,13 @@ the peak of each from the config, counting what eager PyTorch holds at once:
 - per row and attended token (prefix included): that layer's keys and values after the prefix is
   joined, and again after they are repeated to every query head (transformers' SDPA path does when a
   mask is present);
-- per patch of the vision tower: the residual and normalised streams, q/k/v with their float32 rotated
-  copies and the stacked copies the packed attention makes, or the MLP's three intermediates.
+- per patch of the vision tower: its pixels (moved to the device in float32, then cast), and the
+  residual and normalised streams, q/k/v with their float32 rotated copies and the stacked copies the
+  packed attention makes, or the MLP's three intermediates.
 
-Measured against CUDA's peak allocator figure on the GPU run, this is meant to be an upper bound, so that a
-budget of B bytes keeps the activations of a forward under B.
+Checked on the CPU with the profiler's allocation events (``benchmarks/memory_budget.py``): scoring 40
+image+text candidates on the ``medium`` shape under a 32 MiB budget peaked at 1.02× the budget (float32
+and bf16), the prefix's keys and values and the batch's image features included.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ class MemoryModel:
             vision_intermediate = int(vision_hidden * float(getattr(vision, "mlp_ratio", 4)))
         attention_phase = size * 8 * vision_hidden + 4 * 3 * vision_hidden  # + float32 rotary copies
         mlp_phase = size * (2 * vision_hidden + 3 * vision_intermediate)
+        # The patch's pixels, moved to the device in float32 and cast to the weights' type.
+        pixel_values = int(vision.in_channels) * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
         return cls(
             token_bytes=size * (2 * hidden + 3 * intermediate),
             context_bytes=size * 2 * (kv_heads + heads) * head_dim,
-            patch_bytes=max(attention_phase, mlp_phase),
+            patch_bytes=max(attention_phase, mlp_phase) + pixel_values * (4 + size),
         )
 
     def batch_bytes(self, rows: int, width: int, context: int = 0) -> int:
