@@ -328,30 +328,160 @@ def run_workload(
     return result
 
 
-def run_vision_batching(engine: Any, request: dict[str, Any], count: int) -> dict[str, Any]:
-    """The same distinct images through the vision tower in one forward, and one forward each."""
+def attention_calls(engine: Any, run: Callable[[], Any]) -> tuple[Any, int]:
+    """``run()`` and the attention calls it made: SDPA calls (counted by a ``TorchFunctionMode``, which only
+    observes), plus the varlen kernels the engine's vision tower counts itself."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    counted = [0]
+
+    class Counting(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func is sdpa:
+                counted[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    varlen = engine.vision_attention in ("flash-attn-varlen", "torch-varlen")
+    before = engine.stats.vision_attention_calls
+    with Counting():
+        value = run()
+    return value, counted[0] + (engine.stats.vision_attention_calls - before if varlen else 0)
+
+
+def run_vision_tower(bench: ModuleType, backends: Any, request: dict[str, Any], count: int) -> dict[str, Any]:
+    """The same distinct images through transformers' tower forward (before) and the engine's (after)."""
     import torch
 
-    device = engine.loaded.device
+    from lychee_rerank.core.local.engine import ScoringEngine
+
+    engine, device = backends.engine, backends.engine.loaded.device
+    before = ScoringEngine(engine.loaded, engine.profile, vision_attention="transformers")
     documents = request["documents"][:count]
     images, _, keys = engine._prepare_images(request["query"], documents)
     prepared = [images[key] for key in dict.fromkeys(key for key in keys if key is not None)]
-    with torch.inference_mode():
-        engine._encode_images(prepared[:2])  # warm-up
-        together, batched_seconds = timed(device, lambda: engine._encode_images(prepared))
-        alone, single_seconds = timed(device, lambda: [engine._encode_images([image])[0] for image in prepared])
-    difference = max(
-        float((a["features"].float() - b["features"].float()).abs().max()) for a, b in zip(together, alone, strict=True)
-    )
-    return {
+    result: dict[str, Any] = {
         "images": len(prepared),
         "patches_per_image": statistics.mean(image.token_count for image in prepared),
-        "batched_seconds": batched_seconds,
-        "one_by_one_seconds": single_seconds,
-        "speedup": single_seconds / batched_seconds,
-        "max_abs_feature_difference": difference,
         "dtype": str(engine.loaded.dtype).removeprefix("torch."),
+        "path": engine.vision_attention,
     }
+    outputs = {}
+    with torch.inference_mode():
+        for label, runner in (("before", before), ("after", engine)):
+            runner._encode_images(prepared[:2])  # warm-up
+            _, seconds = timed(device, lambda runner=runner: runner._encode_images(prepared))
+            outputs[label], calls = attention_calls(runner, lambda runner=runner: runner._encode_images(prepared))
+            result[f"{label}_seconds"] = seconds
+            result[f"{label}_attention_calls"] = calls
+        alone, single_seconds = timed(device, lambda: [engine._encode_images([image])[0] for image in prepared])
+    result["one_by_one_seconds"] = single_seconds
+    result["speedup"] = result["before_seconds"] / result["after_seconds"]
+    result["max_abs_feature_difference"] = max(
+        float((a["features"].float() - b["features"].float()).abs().max())
+        for a, b in zip(outputs["after"], outputs["before"], strict=True)
+    )
+    result["max_abs_alone_difference"] = max(
+        float((a["features"].float() - b["features"].float()).abs().max())
+        for a, b in zip(outputs["after"], alone, strict=True)
+    )
+    return result
+
+
+_GEMM = ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul")
+_ATTENTION_KERNELS = ("flash", "fmha", "attention", "sdpa", "cudnn")
+
+
+def profile_request(engine: Any, request: dict[str, Any], vision_attention: str | None = None) -> dict[str, Any]:
+    """One cold request under the torch profiler: where its time goes, and how many kernels it issues.
+
+    CPU seconds against device seconds says whether launches or arithmetic set the pace; the device's
+    time is split into matrix multiplications, attention and the rest (elementwise, copies, norms) by
+    kernel name; ``vision_share`` is the vision tower's part of the request's wall time.
+    """
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from lychee_rerank.core.local.engine import ScoringEngine
+
+    if vision_attention is not None:
+        engine = ScoringEngine(engine.loaded, engine.profile, vision_attention=vision_attention)
+    device = engine.loaded.device
+    query, documents = request["query"], request["documents"]
+    images, _, keys = engine._prepare_images(query, documents)
+    prepared = [images[key] for key in dict.fromkeys(key for key in keys if key is not None)]
+    with torch.inference_mode():
+        engine.score(query, request["spare"][:4])  # warm-up
+        engine.clear_caches()
+        _, whole = timed(device, lambda: engine.score(query, documents))
+        vision = timed(device, lambda: engine._encode_images(prepared))[1] if prepared else 0.0
+        engine.clear_caches()
+        _, calls = attention_calls(engine, lambda: engine.score(query, documents))
+        engine.clear_caches()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            engine.score(query, documents)
+            synchronize(device)
+    averages = profiler.key_averages()
+    self_cpu = sum(event.self_cpu_time_total for event in averages) / 1e6
+    result: dict[str, Any] = {
+        "vision_attention": engine.vision_attention,
+        "wall_seconds": whole,
+        "vision_seconds": vision,
+        "vision_share": vision / whole if whole else None,
+        "attention_calls": calls,
+        "self_cpu_seconds": self_cpu,
+        "aten_calls": sum(event.count for event in averages if event.key.startswith("aten::")),
+    }
+    if device.type == "cuda":
+        kernels = [event for event in averages if event.device_type == DeviceType.CUDA]
+        device_seconds = sum(event.self_device_time_total for event in kernels) / 1e6
+
+        def share(names: tuple[str, ...]) -> float:
+            picked = [event for event in kernels if any(name in event.key.lower() for name in names)]
+            return sum(event.self_device_time_total for event in picked) / 1e6 / device_seconds
+
+        gemm, attention = share(_GEMM), share(_ATTENTION_KERNELS)
+        result.update(
+            device_seconds=device_seconds,
+            kernels_launched=sum(event.count for event in kernels),
+            device_busy=device_seconds / whole,
+            gemm_share=gemm,
+            attention_share=attention,
+            other_share=1 - gemm - attention,
+        )
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    result["table"] = averages.table(sort_by=sort, row_limit=15, max_name_column_width=60)
+    return result
+
+
+def float32_parity(bench: ModuleType, args: argparse.Namespace, pairs: int) -> dict[str, Any]:
+    """Engine against the naive reference on the shape in float32: the check of the engine's logic at full
+    size (random weights; the spread of the scores says the comparison is not between constants)."""
+    import torch
+
+    options = argparse.Namespace(
+        device=args.device, dtype="float32", max_pixels=None, max_batch_tokens=bench.DEFAULT_MAX_BATCH_TOKENS, seed=1
+    )
+    backends = bench.build_in_memory_backends(args.shape, options)
+    engine = backends.engine
+    requests = build_requests(bench, engine.loaded.tokenizer, args)
+    result: dict[str, Any] = {"pairs": pairs, "vision_attention": engine.vision_attention}
+    with torch.inference_mode():
+        for name, request in requests.items():
+            query, documents = request["query"], request["documents"][:pairs]
+            scores = engine.score(query, documents)
+            expected = [backends.reference.score(bench._as_mapping(query), bench._as_mapping(d)) for d in documents]
+            result[name] = {
+                "max_abs_difference": max(abs(a - b) for a, b in zip(scores, expected, strict=True)),
+                "score_spread": max(scores) - min(scores),
+            }
+    del backends, engine
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return result
 
 
 @contextlib.contextmanager
@@ -437,16 +567,62 @@ def markdown(report: dict[str, Any]) -> str:
         for workload in workloads:
             lines.append("| " + " | ".join(_cell(workload.get(key)) for key, _ in columns) + " |")
         lines.append("")
-    vision = report.get("vision_batching")
+    vision = report.get("vision_tower")
     if vision:
         lines += [
-            "## Vision tower: one forward for the batch's images vs one forward each",
+            "## Vision tower: transformers' forward (before) and the engine's (after), same images",
             "",
-            f"{vision['images']} images of {vision['patches_per_image']:.0f} patches, {vision['dtype']}: batched "
-            f"{vision['batched_seconds'] * 1000:.1f} ms, one by one {vision['one_by_one_seconds'] * 1000:.1f} ms, "
-            f"speed-up {vision['speedup']:.2f}×, max |feature Δ| {vision['max_abs_feature_difference']:.1e}",
+            f"{vision['images']} images of {vision['patches_per_image']:.0f} patches, {vision['dtype']}, engine path "
+            f"{vision['path']}: before {vision['before_seconds'] * 1000:.1f} ms and "
+            f"{vision['before_attention_calls']:,} attention calls, after {vision['after_seconds'] * 1000:.1f} ms and "
+            f"{vision['after_attention_calls']:,} calls: {vision['speedup']:.2f}× faster; one image per forward "
+            f"{vision['one_by_one_seconds'] * 1000:.1f} ms. Max |feature Δ| after vs before "
+            f"{vision['max_abs_feature_difference']:.1e}, batched vs alone {vision['max_abs_alone_difference']:.1e}",
             "",
         ]
+    profiles = report.get("profiles") or {}
+    if profiles:
+        columns = [
+            ("vision_attention", "vision attention"),
+            ("wall_seconds", "wall s"),
+            ("vision_share", "vision share"),
+            ("attention_calls", "attention calls"),
+            ("aten_calls", "aten calls"),
+            ("kernels_launched", "kernels"),
+            ("self_cpu_seconds", "CPU s"),
+            ("device_seconds", "GPU s"),
+            ("device_busy", "GPU busy"),
+            ("gemm_share", "GEMM share"),
+            ("attention_share", "attention share"),
+            ("other_share", "other share"),
+        ]
+        lines += ["## Where a request's time goes (torch profiler, one cold request)", ""]
+        lines.append("| request | " + " | ".join(title for _, title in columns) + " |")
+        lines.append("| --- | " + " | ".join("---" for _ in columns) + " |")
+        for label, entry in profiles.items():
+            lines.append(f"| {label} | " + " | ".join(_cell(entry.get(key)) for key, _ in columns) + " |")
+        lines.append("")
+        for label, entry in profiles.items():
+            lines += [
+                f"<details><summary>top operations, {label}</summary>",
+                "",
+                "```",
+                entry["table"],
+                "```",
+                "",
+                "</details>",
+                "",
+            ]
+    parity = report.get("float32_parity")
+    if parity:
+        lines += [f"## Engine against the naive reference, {env['shape']} shape in float32", ""]
+        for name in ("image+text", "text"):
+            if name in parity:
+                lines.append(
+                    f"- {name}: max |Δ| {parity[name]['max_abs_difference']:.1e} over {parity['pairs']} pairs "
+                    f"(scores spread over {parity[name]['score_spread']:.2f})"
+                )
+        lines.append("")
     lines += ["## Steps", "", "| step | status | seconds |", "| --- | --- | --- |"]
     for name, entry in report["steps"].items():
         lines.append(f"| {name} | {entry.get('status', '?')} | {_cell(entry.get('seconds'))} |")
@@ -472,6 +648,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-side", type=int, default=None, help="candidate image side in pixels (448; 224 dry)")
     parser.add_argument("--image-text-tokens", type=int, default=None, help="text tokens beside each image (50)")
     parser.add_argument("--text-tokens", type=int, default=128, help="tokens per text document (128)")
+    parser.add_argument("--parity-pairs", type=int, default=None, help="pairs per workload, float32 parity (8; 2 dry)")
     parser.add_argument("--skip-gpu-tests", action="store_true", help="do not run pytest -m gpu")
     parser.add_argument("--tests-timeout", type=float, default=240, help="seconds allowed to the GPU tests")
     parser.add_argument("--time-budget", type=float, default=450, help="seconds for the whole run (450)")
@@ -484,6 +661,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "candidates": 8 if dry else 100,
         "batch": 4 if dry else 50,
         "reference_pairs": 2 if dry else 16,
+        "parity_pairs": 2 if dry else 8,
         "vision_images": 6 if dry else 32,
         "image_side": 224 if dry else 448,
         "image_text_tokens": 50,
@@ -566,7 +744,12 @@ def main(argv: list[str] | None = None) -> int:
             options.max_batch_tokens = bench.DEFAULT_MAX_BATCH_TOKENS
             backends = bench.build_in_memory_backends(args.shape, options)
             params = bench.count_parameters(backends.engine.loaded.model)
-            env.update(parameters_b=params.total / 1e9, attention=backends.engine.loaded.attn_implementation)
+            env.update(
+                parameters_b=params.total / 1e9,
+                attention=backends.engine.loaded.attn_implementation,
+                vision_attention=backends.engine.vision_attention,
+                batch_token_limit=backends.engine.batch_token_limit,
+            )
             if device.type == "cuda":
                 env["weights_mib"] = torch.cuda.memory_allocated(device) / 2**20
 
@@ -577,11 +760,25 @@ def main(argv: list[str] | None = None) -> int:
             with step(report, f"workload {name}", deadline, 20) as entry:
                 if not entry.get("skip"):
                     report["workloads"].append(run_workload(bench, backends, name, request, args, peak))
-        with step(report, "vision batching", deadline, 10) as entry:
+        with step(report, "vision tower", deadline, 15) as entry:
             if not entry.get("skip"):
-                report["vision_batching"] = run_vision_batching(
-                    backends.engine, requests["image+text"], args.vision_images
-                )
+                report["vision_tower"] = run_vision_tower(bench, backends, requests["image+text"], args.vision_images)
+        report["profiles"] = {}
+        for label, name, path in (
+            ("image+text", "image+text", None),
+            ("image+text, transformers' tower", "image+text", "transformers"),
+            ("text", "text", None),
+        ):
+            with step(report, f"profile {label}", deadline, 30) as entry:
+                if not entry.get("skip"):
+                    report["profiles"][label] = profile_request(backends.engine, requests[name], path)
+        if args.parity_pairs:
+            del backends  # the float32 model is built next; free the bf16 one first
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            with step(report, f"{args.shape} float32 parity", deadline, 60) as entry:
+                if not entry.get("skip"):
+                    report["float32_parity"] = float32_parity(bench, args, args.parity_pairs)
 
     env["load_average_at_end"] = os.getloadavg()[0]
     report["seconds"] = time.monotonic() - started

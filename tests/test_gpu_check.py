@@ -64,9 +64,31 @@ def test_dry_run_writes_both_reports_with_every_figure(tmp_path: Path) -> None:
         assert "peak_memory_mib" in workload  # None on the CPU
         assert workload["nan_scores"] == 0
     assert workloads["image+text"]["vision_patches"] > 0
-    vision = report["vision_batching"]
+    vision = report["vision_tower"]
     assert vision["images"] == 2
     assert vision["max_abs_feature_difference"] < 1e-2
+    # Before: one attention call per window and layer; after: one per layer.
+    assert vision["after_attention_calls"] < vision["before_attention_calls"]
+    profiles = report["profiles"]
+    assert set(profiles) == {"image+text", "image+text, transformers' tower", "text"}
+    assert profiles["image+text"]["vision_attention"] == "sdpa-packed"
+    assert profiles["image+text, transformers' tower"]["vision_attention"] == "transformers"
+    assert profiles["image+text"]["attention_calls"] < profiles["image+text, transformers' tower"]["attention_calls"]
+    for entry in profiles.values():
+        assert entry["wall_seconds"] > 0
+        assert entry["aten_calls"] > 0
+        assert entry["table"]
+    parity = report["float32_parity"]
+    assert parity["image+text"]["max_abs_difference"] < 1e-4
+    assert parity["text"]["max_abs_difference"] < 1e-4
     markdown = markdown_path.read_text()
-    for heading in ("# GPU check", "## GPU tests", "## Engine, all candidates", "## Vision tower", "## Steps"):
+    for heading in (
+        "# GPU check",
+        "## GPU tests",
+        "## Engine, all candidates",
+        "## Vision tower",
+        "## Where a request's time goes",
+        "## Engine against the naive reference",
+        "## Steps",
+    ):
         assert heading in markdown
