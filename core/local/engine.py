@@ -394,9 +394,14 @@ class ScoringEngine:
     def _score_pairs(
         self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
     ) -> list[float]:
-        """Packs ``pairs`` into batches and scores them; results by ``pair.index``."""
+        """Packs ``pairs`` into batches and scores them; results by ``pair.index``.
+
+        The scores stay on the device until every batch is queued: reading each batch's scores back
+        would make the CPU wait for it before it could prepare and queue the next one.
+        """
         skip = prefix.length if prefix else 0
-        scores = [0.0] * len(pairs)
+        order: list[int] = []
+        pending: list[torch.Tensor] = []
         overhead = self.memory.row_overhead(skip) if self.max_batch_memory is not None else 0
         for batch in pack_batches(
             [len(pair) - skip for pair in pairs],
@@ -405,8 +410,11 @@ class ScoringEngine:
             row_overhead=overhead,
         ):
             members = [pairs[i] for i in batch]
-            for pair, value in zip(members, self._score_with_retry(members, images, prefix), strict=True):
-                scores[pair.index] = value
+            pending.append(self._score_with_retry(members, images, prefix))
+            order.extend(pair.index for pair in members)
+        scores = [0.0] * len(pairs)
+        for index, value in zip(order, torch.cat(pending).cpu().tolist(), strict=True):
+            scores[index] = float(value)
         self.stats.pairs += len(pairs)
         self.stats.tokens += sum(len(pair) for pair in pairs)
         return scores
@@ -584,7 +592,7 @@ class ScoringEngine:
 
     def _score_with_retry(
         self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
-    ) -> list[float]:
+    ) -> torch.Tensor:
         """Scores one batch; on out-of-memory, halves it until every part fits (a lone pair that does not
         fit is an error that says what to lower)."""
         try:
@@ -605,9 +613,8 @@ class ScoringEngine:
         self.stats.oom_splits += 1
         half = len(pairs) // 2
         logger.warning("out of memory on a batch of %d pairs; retrying as %d + %d", len(pairs), half, len(pairs) - half)
-        return self._score_with_retry(pairs[:half], images, prefix) + self._score_with_retry(
-            pairs[half:], images, prefix
-        )
+        first = self._score_with_retry(pairs[:half], images, prefix)
+        return torch.cat([first, self._score_with_retry(pairs[half:], images, prefix)])
 
     def _release_memory(self) -> None:
         """What an out-of-memory retry can do without: cached vision outputs (on the device; recomputed
@@ -620,7 +627,8 @@ class ScoringEngine:
     @torch.inference_mode()
     def _score_batch(
         self, pairs: list[_Pair], images: dict[str, _PreparedImage], prefix: _Prefix | None
-    ) -> list[float]:
+    ) -> torch.Tensor:
+        """The scores of one batch, on the device, in ``pairs``' order."""
         skip = prefix.length if prefix else 0
         skip_images = len(prefix.image_keys) if prefix else 0
         last, _ = self._forward(
@@ -639,7 +647,7 @@ class ScoringEngine:
         self.stats.computed_tokens += sum(len(pair) - skip for pair in pairs)
         self.stats.padded_tokens += len(pairs) * width
         self.stats.batch_sizes.append(len(pairs))
-        return [float(value) for value in scores.cpu()]
+        return scores
 
     def _forward(
         self,
