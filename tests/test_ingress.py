@@ -135,6 +135,7 @@ def test_every_model_setting_reaches_the_reranker_a_replica_loads(tiny_model_dir
         device="cpu",
         dtype="float32",
         max_batch_tokens=1234,
+        max_batch_memory=99 * 1024 * 1024,
         image_cache_bytes=3 * 1024 * 1024,
         vision_cache_bytes=5 * 1024 * 1024,
     )
@@ -142,3 +143,4 @@ def test_every_model_setting_reaches_the_reranker_a_replica_loads(tiny_model_dir
     assert reranker.engine._images.max_bytes == 3 * 1024 * 1024
     assert reranker.engine._vision_cache.max_bytes == 5 * 1024 * 1024
     assert reranker.engine.max_batch_tokens == 1234
+    assert reranker.engine.max_batch_memory == 99 * 1024 * 1024

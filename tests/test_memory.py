@@ -22,6 +22,7 @@ from PIL import Image
 
 from lychee_rerank.core import Document, LocalReranker, Query
 from lychee_rerank.core.caches import ByteBudgetLRU
+from lychee_rerank.core.local.budget import DEFAULT_MAX_BATCH_MEMORY
 from lychee_rerank.core.local.engine import STATS_WINDOW
 from lychee_rerank.core.local.imagefit import ProcessorFit
 from lychee_rerank.core.media import ImageCache
@@ -169,6 +170,7 @@ def test_cache_budgets_are_settings_flags_and_variables(tiny_model_dir: Path) ->
     settings = ServerSettings.from_env({"LYCHEE_IMAGE_CACHE_BYTES": "1000000", "LYCHEE_VISION_CACHE_BYTES": "0"})
     assert (settings.image_cache_bytes, settings.vision_cache_bytes) == (1_000_000, 0)
     assert ServerSettings().image_cache_bytes == ServerSettings().vision_cache_bytes == 256 * 1024 * 1024
+    assert ServerSettings().max_batch_memory == DEFAULT_MAX_BATCH_MEMORY
     reranker = LocalReranker(model=str(tiny_model_dir), device="cpu", image_cache_bytes=1000, vision_cache_bytes=0)
     assert (reranker.engine.image_cache.max_bytes, reranker.engine.vision_cache.max_bytes) == (1000, 0)
     with pytest.raises(ValueError, match="vision_cache_bytes must be 0 or more"):

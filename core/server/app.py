@@ -67,6 +67,7 @@ def load_reranker(settings: ServerSettings) -> LocalReranker:
         dtype=settings.dtype,
         profile=settings.profile,
         max_batch_tokens=settings.max_batch_tokens,
+        max_batch_memory=settings.max_batch_memory,
         media_policy=settings.media_policy(),
         image_cache_bytes=settings.image_cache_bytes,
         vision_cache_bytes=settings.vision_cache_bytes,

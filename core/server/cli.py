@@ -50,6 +50,8 @@ _HELP = {
     "max_document_tokens": "tokens of a document's (and the query's) text; longer text is cut",
     "max_queue": "requests waiting for the model at most; more is answered 429 with Retry-After",
     "max_batch_tokens": "padded tokens per forward pass; lower it when the GPU runs out of memory",
+    "max_batch_memory": "bytes of activations one forward pass may hold, estimated from the model's shape "
+    "(tokens, the shared prefix, vision patches); lower it when the GPU runs out of memory",
     "max_wait_ms": "milliseconds to wait for more requests to batch together",
     "request_timeout_s": "seconds a request may take from arrival to answer, image downloads included; then 504",
     "allow_urls": "fetch images given as http(s) URLs",

@@ -49,6 +49,8 @@ class ServerSettings:
         max_document_tokens: Tokens of a document's (and the query's) text; longer text is truncated.
         max_queue: Requests waiting for the model; more is answered 429 with Retry-After.
         max_batch_tokens: Padded tokens per forward pass, and the scheduler's budget for merging requests.
+        max_batch_memory: Bytes of activations one forward pass may hold, estimated from the model's shape
+            (its tokens, the shared prefix each row attends over, the vision tower's patches).
         max_wait_ms: How long the scheduler waits for more requests to merge into a batch.
         request_timeout_s: Time allowed per request from its arrival, image downloads, decoding, queueing and
             scoring included; more is answered 504.
@@ -98,6 +100,7 @@ class ServerSettings:
     max_document_tokens: int = 4096
     max_queue: int = 256
     max_batch_tokens: int = 16384
+    max_batch_memory: int = 1024 * 1024 * 1024  # the engine's default (core/local/budget.py)
     max_wait_ms: float = 5.0
     request_timeout_s: float = 120.0
     allow_urls: bool = True
@@ -120,7 +123,7 @@ class ServerSettings:
         for name in ("max_documents", "max_body_bytes", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_document_tokens", "max_queue", "max_batch_tokens"):
+        for name in ("max_document_tokens", "max_queue", "max_batch_tokens", "max_batch_memory"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.fetch_timeout_s <= 0:
