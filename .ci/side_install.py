@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as metadata
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -54,6 +56,21 @@ def _unmet(distribution: metadata.Distribution, folder: str, extras: list[str], 
 
 
 def _pip_install(folder: str, requirements: list[str]) -> None:
+    # pip --target replaces a package's folder but keeps the old release's .dist-info beside the new one,
+    # and metadata would then report either version: remove a release already in the folder first.
+    # Only files inside the folder: a RECORD of pip --target names its scripts outside it (../../bin/...).
+    root = pathlib.Path(folder).resolve()
+    for requirement in requirements:
+        for old in metadata.distributions(path=[folder]):
+            if canonicalize_name(old.metadata["Name"] or "") != canonicalize_name(Requirement(requirement).name):
+                continue
+            for file in old.files or []:
+                path = pathlib.Path(str(old.locate_file(file))).resolve()
+                if path.is_relative_to(root):
+                    path.unlink(missing_ok=True)
+            for leftover in root.glob("*.dist-info"):
+                if not (leftover / "METADATA").exists():  # what RECORD did not list (empty folders)
+                    shutil.rmtree(leftover)
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", folder]
     subprocess.run([*command, *requirements], check=True)
 
