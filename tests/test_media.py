@@ -239,7 +239,8 @@ def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
     image = Image.new("I;16", (3, 1))
     image.putdata([0, 32896, 65535])
     data = encode(image)
-    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    # The file holds 16-bit samples; Pillow before 10.3 opens such a PNG as 32-bit "I", later ones as "I;16".
+    assert Image.open(io.BytesIO(data)).mode in ("I", "I;16")
     assert pixels(decode_image(data)) == [(0, 0, 0), (128, 128, 128), WHITE]
 
 
